@@ -1,0 +1,99 @@
+"""InterBertForPretraining: the backbone with the MSM, MRM and ITM heads and the weighted
+loss λ1·MSM + λ2·MRM + λ3·ITM (paper eq. 8)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from interbert.config import InterBertConfig
+from interbert.modeling.backbone import InterBertModel, init_weights
+from interbert.modeling.heads import ITM_MATCHED, ItmHead, MrmHead, MsmHead
+from interbert.modeling.losses import TaskLoss, itm_loss, mrm_loss, msm_loss
+from interbert.modeling.pretrained_io import PretrainedModelMixin
+
+INPUT_KEYS = ("input_ids", "token_type_ids", "text_mask",
+              "region_features", "region_locations", "region_mask")
+IGNORE_INDEX = -100
+
+
+@dataclass
+class PretrainingOutput:
+    loss: torch.Tensor | None  # the weighted sum of the tasks present in the batch
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)  # detached, per task
+    accuracies: dict[str, torch.Tensor] = field(default_factory=dict)  # NaN when nothing counted
+    counts: dict[str, int] = field(default_factory=dict)  # masked words / regions / pairs scored
+    itm_logits: torch.Tensor | None = None  # B×2, class 1 = matched
+
+
+class InterBertForPretraining(PretrainedModelMixin, nn.Module):
+    """forward(**batch) with the batch keys of design.md -> PretrainingOutput.
+
+    Label keys are optional: a task whose labels are absent is not computed."""
+
+    def __init__(self, config: InterBertConfig):
+        super().__init__()
+        self.config = config
+        self.interbert = InterBertModel(config)
+        self.msm_head = MsmHead(config)
+        self.mrm_head = MrmHead(config)
+        self.itm_head = ItmHead(config)
+        for head in (self.msm_head, self.mrm_head, self.itm_head):
+            head.apply(lambda module: init_weights(module, config.initializer_range))
+
+    def itm_logits(self, **inputs: torch.Tensor) -> torch.Tensor:
+        output = self.interbert(**{key: inputs[key] for key in INPUT_KEYS})
+        return self.itm_head(output.pooled_text, output.pooled_image)
+
+    def itm_score(self, **inputs: torch.Tensor) -> torch.Tensor:
+        """The probability that each pair's text and image match, B float32 (what retrieval
+        ranks by). Extra keys such as labels are ignored."""
+        return self.itm_logits(**inputs).float().softmax(dim=-1)[:, ITM_MATCHED]
+
+    def forward(self, msm_labels=None, mrm_labels=None, mrm_soft_labels=None, itm_labels=None,
+                **inputs: torch.Tensor) -> PretrainingOutput:
+        missing = [key for key in INPUT_KEYS if key not in inputs]
+        if missing:
+            raise KeyError(f"the batch lacks {missing}; a batch holds the keys of design.md")
+        output = self.interbert(**{key: inputs[key] for key in INPUT_KEYS})
+        tasks: dict[str, TaskLoss] = {}
+        if msm_labels is not None:
+            tasks["msm"] = self._msm(output.text_hidden, msm_labels)
+        if mrm_labels is not None:
+            tasks["mrm"] = self._mrm(output.image_hidden, mrm_labels, mrm_soft_labels, itm_labels)
+        itm_logits = self.itm_head(output.pooled_text, output.pooled_image)
+        if itm_labels is not None:
+            tasks["itm"] = itm_loss(itm_logits, itm_labels)
+        weights = {"msm": self.config.msm_weight, "mrm": self.config.mrm_weight,
+                   "itm": self.config.itm_weight}
+        loss = sum(weights[name] * task.loss for name, task in tasks.items()) if tasks else None
+        return PretrainingOutput(
+            loss=loss,
+            losses={name: task.loss.detach() for name, task in tasks.items()},
+            accuracies={name: task.accuracy for name, task in tasks.items()},
+            counts={name: task.count for name, task in tasks.items()},
+            itm_logits=itm_logits,
+        )
+
+    def _msm(self, text_hidden: torch.Tensor, msm_labels: torch.Tensor) -> TaskLoss:
+        # Only masked positions reach the vocabulary projection (30522-wide): the rest would
+        # be wasted work and memory.
+        masked = msm_labels != IGNORE_INDEX
+        word_embeddings = self.interbert.embeddings.word_embeddings.weight
+        logits = self.msm_head(text_hidden[masked], word_embeddings)
+        return msm_loss(logits, msm_labels[masked])
+
+    def _mrm(self, image_hidden, mrm_labels, mrm_soft_labels, itm_labels) -> TaskLoss:
+        masked = mrm_labels != IGNORE_INDEX
+        if self.config.mrm_matched_only and itm_labels is not None:
+            masked = masked & (itm_labels == ITM_MATCHED)[:, None]
+        if self.config.mrm_loss == "kl" and mrm_soft_labels is None:
+            raise ValueError(
+                "mrm_loss is 'kl' (the released target) but the batch has no mrm_soft_labels: "
+                "build the feature store with detector class distributions (cls_prob), or set "
+                "mrm_loss to 'ce' in the model config"
+            )
+        logits = self.mrm_head(image_hidden[masked])
+        soft = mrm_soft_labels[masked] if self.config.mrm_loss == "kl" else None
+        return mrm_loss(logits, mrm_labels[masked], soft, self.config.mrm_loss)
