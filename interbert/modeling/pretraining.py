@@ -42,6 +42,15 @@ class InterBertForPretraining(PretrainedModelMixin, nn.Module):
         for head in (self.msm_head, self.mrm_head, self.itm_head):
             head.apply(lambda module: init_weights(module, config.initializer_range))
 
+    @classmethod
+    def adapt_checkpoint_keys(cls, tensors):
+        if tensors and not any(key.startswith("interbert.") for key in tensors):
+            raise ValueError(
+                "this model directory holds a backbone (InterBertModel) without the MSM, MRM and "
+                "ITM heads: load it with InterBertModel.from_pretrained"
+            )
+        return tensors
+
     def itm_logits(self, **inputs: torch.Tensor) -> torch.Tensor:
         output = self.interbert(**{key: inputs[key] for key in INPUT_KEYS})
         return self.itm_head(output.pooled_text, output.pooled_image)
