@@ -1,0 +1,53 @@
+"""Caption manifests: JSON lines ``{"image_id", "caption", "split", "source"}``."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+MANIFEST_KEYS = ("image_id", "caption", "split", "source")
+
+
+class ManifestError(ValueError):
+    """A manifest line is malformed; the message names the file and line."""
+
+
+def read_manifest(path: str | os.PathLike) -> Iterator[tuple]:
+    """``(line_number, entry)`` for every non-blank line (1-based line numbers).
+
+    Raises ManifestError for a line that is not a JSON object with the four keys.
+    """
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError as error:
+                raise ManifestError(f"{path}:{line_number}: not JSON ({error}); each line must be one "
+                                    "JSON object") from None
+            if not isinstance(entry, dict) or any(key not in entry for key in ("image_id", "caption")):
+                raise ManifestError(f"{path}:{line_number}: a manifest line needs at least 'image_id' and "
+                                    f"'caption' (keys {', '.join(MANIFEST_KEYS)})")
+            entry["image_id"] = str(entry["image_id"])
+            yield line_number, entry
+
+
+def write_manifest(path: str | os.PathLike, entries: Iterable[dict]) -> int:
+    """Write ``entries`` as JSON lines through a temporary file renamed on success; returns the count."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(f"{path}.tmp-{os.getpid()}")
+    count = 0
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            for entry in entries:
+                handle.write(json.dumps({key: entry[key] for key in MANIFEST_KEYS}, ensure_ascii=False))
+                handle.write("\n")
+                count += 1
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return count

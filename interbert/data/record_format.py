@@ -1,0 +1,164 @@
+"""The binary layout of one feature-store record: versioned, self-describing, never pickled.
+
+A record is::
+
+    offset 0   4 bytes   magic  b"IBRF"
+    offset 4   uint16    format version (little endian)
+    offset 6   uint16    reserved, 0
+    offset 8   uint32    length L of the JSON header in bytes
+    offset 12  L bytes   JSON header (utf-8)
+    ...        padding to a multiple of ALIGNMENT
+    ...        raw little-endian array bytes, each array starting at a multiple of ALIGNMENT
+
+The JSON header holds the image's scalars (``image_id``, ``width``, ``height``) and, under
+``arrays``, each array's ``dtype`` (a numpy type string such as ``"<f2"``), ``shape`` and
+``offset`` (from the start of the record). Only plain numeric dtypes are accepted, so decoding a
+stranger's store can never run code. Decoding returns ``np.frombuffer`` views into the record's
+bytes: no array is copied.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+import numpy as np
+
+MAGIC = b"IBRF"
+FORMAT_VERSION = 1
+ALIGNMENT = 16
+_PREFIX = struct.Struct("<4sHHI")
+# Plain numeric little-endian dtypes only: no object arrays, nothing that needs pickle.
+ALLOWED_DTYPES = frozenset({"<f2", "<f4", "<f8", "<i2", "<i4", "<i8", "|u1", "|i1", "<u2", "<u4"})
+# The arrays every record must have, and their dtypes on disk.
+REQUIRED_ARRAYS = {"features": "<f2", "boxes": "<f4"}
+OPTIONAL_ARRAYS = {"labels": "<i4", "confidences": "<f4", "class_probs": "<f2",
+                   "attr_labels": "<i4", "attr_confidences": "<f4"}
+
+
+class RecordFormatError(ValueError):
+    """A record's bytes do not follow the layout above; the message says what is wrong."""
+
+
+@dataclass
+class RegionRecord:
+    """One image's detector output.
+
+    features: N×F float16; boxes: N×4 float32 ``[x1, y1, x2, y2]`` in pixels;
+    labels: N int32 detector classes (or None); confidences: N float32 (or None);
+    class_probs: N×C float16 detector class distribution (or None);
+    extras: any further named arrays (e.g. ``attr_labels``).
+    """
+
+    image_id: str
+    width: float
+    height: float
+    features: np.ndarray
+    boxes: np.ndarray
+    labels: Optional[np.ndarray] = None
+    confidences: Optional[np.ndarray] = None
+    class_probs: Optional[np.ndarray] = None
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def num_regions(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def arrays(self) -> dict:
+        """All arrays by their on-disk name (None entries left out)."""
+        named = {"features": self.features, "boxes": self.boxes, "labels": self.labels,
+                 "confidences": self.confidences, "class_probs": self.class_probs, **self.extras}
+        return {name: array for name, array in named.items() if array is not None}
+
+
+def _aligned(n: int) -> int:
+    return (n + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
+
+
+def encode_record(record: RegionRecord) -> bytes:
+    """Serialise ``record``, casting each array to its on-disk dtype (features to float16)."""
+    arrays = {}
+    for name, array in record.arrays().items():
+        dtype = REQUIRED_ARRAYS.get(name) or OPTIONAL_ARRAYS.get(name) or np.asarray(array).dtype.str
+        arrays[name] = np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<"))
+    header = {"image_id": record.image_id, "width": float(record.width),
+              "height": float(record.height), "arrays": {}}
+    # The header's length depends on the offsets it lists; reserve generously and fix up.
+    offset = 0
+    for _ in range(3):
+        specs = {}
+        cursor = offset
+        for name, array in arrays.items():
+            specs[name] = {"dtype": array.dtype.str, "shape": list(array.shape), "offset": cursor}
+            cursor = _aligned(cursor + array.nbytes)
+        header["arrays"] = specs
+        header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        start = _aligned(_PREFIX.size + len(header_bytes))
+        if start == offset:
+            break
+        offset = start
+    out = bytearray(cursor)
+    _PREFIX.pack_into(out, 0, MAGIC, FORMAT_VERSION, 0, len(header_bytes))
+    out[_PREFIX.size:_PREFIX.size + len(header_bytes)] = header_bytes
+    for name, array in arrays.items():
+        begin = specs[name]["offset"]
+        out[begin:begin + array.nbytes] = array.tobytes()
+    return bytes(out)
+
+
+def decode_record(data: bytes) -> RegionRecord:
+    """Decode a record into zero-copy views of ``data`` (which must outlive the arrays).
+
+    Raises RecordFormatError naming the first inconsistency found.
+    """
+    if len(data) < _PREFIX.size:
+        raise RecordFormatError(f"record is {len(data)} bytes, shorter than the {_PREFIX.size}-byte prefix")
+    magic, version, _, header_len = _PREFIX.unpack_from(data, 0)
+    if magic != MAGIC:
+        raise RecordFormatError(f"bad magic {magic!r} (expected {MAGIC!r}); not an InterBERT feature record")
+    if version > FORMAT_VERSION:
+        raise RecordFormatError(f"format version {version} is newer than this reader ({FORMAT_VERSION}); "
+                                "upgrade interbert")
+    if _PREFIX.size + header_len > len(data):
+        raise RecordFormatError(f"header length {header_len} runs past the end of the "
+                                f"{len(data)}-byte record (truncated?)")
+    try:
+        header = json.loads(data[_PREFIX.size:_PREFIX.size + header_len])
+        specs: Mapping = header["arrays"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise RecordFormatError(f"unreadable JSON header: {error}") from None
+    arrays = {}
+    for name, spec in specs.items():
+        try:
+            dtype, shape, offset = spec["dtype"], tuple(int(d) for d in spec["shape"]), int(spec["offset"])
+        except (KeyError, TypeError, ValueError):
+            raise RecordFormatError(f"array {name!r} has a malformed description {spec!r}") from None
+        if dtype not in ALLOWED_DTYPES:
+            raise RecordFormatError(f"array {name!r} has dtype {dtype!r}, not a plain numeric type")
+        count = int(np.prod(shape, dtype=np.int64))
+        nbytes = count * np.dtype(dtype).itemsize
+        if offset < _PREFIX.size + header_len or offset + nbytes > len(data) or count < 0:
+            raise RecordFormatError(f"array {name!r} (bytes {offset}..{offset + nbytes}) lies outside the "
+                                    f"{len(data)}-byte record (truncated?)")
+        arrays[name] = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
+    for name in REQUIRED_ARRAYS:
+        if name not in arrays:
+            raise RecordFormatError(f"required array {name!r} is missing")
+    boxes = arrays.pop("boxes")
+    features = arrays.pop("features")
+    n = boxes.shape[0] if boxes.ndim == 2 else -1
+    if boxes.ndim != 2 or boxes.shape[1] != 4 or features.ndim != 2 or features.shape[0] != n:
+        raise RecordFormatError(f"boxes {boxes.shape} and features {features.shape} do not describe "
+                                "N regions (N×4 and N×F)")
+    for name, array in arrays.items():
+        if array.shape[:1] != (n,):
+            raise RecordFormatError(f"array {name!r} has shape {array.shape}, expected {n} rows")
+    try:
+        width, height = float(header["width"]), float(header["height"])
+        image_id = str(header["image_id"])
+    except (KeyError, TypeError, ValueError):
+        raise RecordFormatError("header lacks image_id, width or height") from None
+    return RegionRecord(image_id=image_id, width=width, height=height, features=features, boxes=boxes,
+                        labels=arrays.pop("labels", None), confidences=arrays.pop("confidences", None),
+                        class_probs=arrays.pop("class_probs", None), extras=arrays)
