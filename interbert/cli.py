@@ -11,6 +11,7 @@ import sys
 
 COMMAND_MODULES = (
     "interbert.modeling.commands",  # info, convert-release
+    "interbert.data.commands",  # data synth, convert-tsv, convert-npz, captions, verify
 )
 
 

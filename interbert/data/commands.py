@@ -1,0 +1,136 @@
+"""``interbert data ...``: synth, convert-tsv, convert-npz, captions, verify."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from interbert.data.feature_store import FeatureStoreError
+
+
+def _report_writer(writer, out: str) -> int:
+    metadata = writer.metadata
+    print(f"wrote {out}: {metadata.record_count} images, {metadata.region_count} regions, "
+          f"feature size {metadata.feature_size}, class distributions: {metadata.has_class_probs}")
+    for problem, count in sorted(writer.skipped.items()):
+        print(f"skipped {count} images ({problem}); first: {'; '.join(writer.skip_examples[problem])}")
+    if writer.skipped:
+        print("(--strict turns skipped images into errors)")
+    return 0
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from interbert.data.synth import synthesize_corpus
+
+    class_probs = {"auto": None, "on": True, "off": False}[args.class_probs]
+    summary = synthesize_corpus(args.out, args.images, seed=args.seed, captions_per_image=args.captions_per_image,
+                                val_images=args.val_images, test_images=args.test_images, class_probs=class_probs,
+                                overwrite=args.overwrite)
+    print(f"wrote {args.out}: features/ ({summary['images']} images), captions.jsonl ({summary['captions']} "
+          f"captions; {summary['splits']}), corpus.json")
+    return 0
+
+
+def run_convert_tsv(args: argparse.Namespace) -> int:
+    from interbert.data.converters import convert_tsv
+
+    writer = convert_tsv(args.tsv, args.out, feature_size=args.feature_size, num_classes=args.num_classes,
+                         columns=args.columns, strict=args.strict, overwrite=args.overwrite)
+    return _report_writer(writer, args.out)
+
+
+def run_convert_npz(args: argparse.Namespace) -> int:
+    from interbert.data.converters import convert_npz
+
+    writer = convert_npz(args.folder, args.out, feature_size=args.feature_size, num_classes=args.num_classes,
+                         strict=args.strict, overwrite=args.overwrite)
+    return _report_writer(writer, args.out)
+
+
+def run_captions(args: argparse.Namespace) -> int:
+    from interbert.data.captions import convert_captions
+
+    count, skipped, examples = convert_captions(args.format, args.input, args.out, split=args.split,
+                                                id_rule=args.id_rule, strict=args.strict)
+    print(f"wrote {args.out}: {count} captions")
+    for problem, n in skipped.items():
+        print(f"skipped {n} lines ({problem}); first: {'; '.join(examples)} (--strict makes this an error)")
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from interbert.data.verify import verify
+
+    report = verify(args.features, args.captions or (), box_tolerance=args.box_tolerance)
+    print(report.format())
+    return 0 if report.clean else 1
+
+
+def _guarded(func):
+    """Turn the data path's own errors into a one-line message and exit status 2."""
+    def run(args: argparse.Namespace) -> int:
+        from interbert.data.captions import CaptionFormatError
+        from interbert.data.converters import ConversionError
+        from interbert.data.manifests import ManifestError
+
+        try:
+            return func(args)
+        except (FeatureStoreError, ConversionError, CaptionFormatError, ManifestError, FileExistsError,
+                FileNotFoundError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    return run
+
+
+def _store_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="the feature store directory to create")
+    parser.add_argument("--feature-size", type=int, default=2048, help="values per region feature (default 2048)")
+    parser.add_argument("--num-classes", type=int, default=1601, help="detector classes (default 1601)")
+    parser.add_argument("--strict", action="store_true", help="stop at the first bad image instead of skipping it")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
+
+
+def register(subparsers) -> None:
+    data = subparsers.add_parser("data", help="feature stores, caption manifests, synthetic corpora (docs/data.md)")
+    commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
+    commands.required = True
+
+    synth = commands.add_parser("synth", help="write a learnable synthetic corpus: feature store + captions")
+    synth.add_argument("--out", required=True, help="directory to create (features/, captions.jsonl, corpus.json)")
+    synth.add_argument("--images", type=int, required=True, help="number of images")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--captions-per-image", type=int, default=5)
+    synth.add_argument("--val-images", type=int, default=None, help="default: 100 from 1,000 images up, else N/10")
+    synth.add_argument("--test-images", type=int, default=None, help="default: 100 from 1,000 images up, else N/10")
+    synth.add_argument("--class-probs", choices=("auto", "on", "off"), default="auto",
+                       help="store detector class distributions (auto: on up to 20,000 images)")
+    synth.add_argument("--overwrite", action="store_true")
+    synth.set_defaults(func=_guarded(run_synth))
+
+    tsv = commands.add_parser("convert-tsv", help="bottom-up-attention TSV files -> feature store")
+    _store_flags(tsv)
+    tsv.add_argument("--columns", default=None,
+                     help="column names, comma-separated, or a preset (bottom-up, lxmert); default: the header "
+                          "row if there is one, else by column count")
+    tsv.add_argument("tsv", nargs="+", help="TSV files")
+    tsv.set_defaults(func=_guarded(run_convert_tsv))
+
+    npz = commands.add_parser("convert-npz", help="a folder of per-image .npz files -> feature store")
+    _store_flags(npz)
+    npz.add_argument("folder", help="folder searched recursively for *.npz (image id = file name)")
+    npz.set_defaults(func=_guarded(run_convert_npz))
+
+    captions = commands.add_parser("captions", help="caption corpora -> caption manifest (JSON lines)")
+    captions.add_argument("--format", required=True, choices=("coco", "cc", "sbu", "flickr30k"))
+    captions.add_argument("--out", required=True, help="manifest file to write (.jsonl)")
+    captions.add_argument("--split", default=None, help="split for every line (default: from the input)")
+    captions.add_argument("--id-rule", choices=("index", "url-stem", "url-sha1"), default="index",
+                          help="cc/sbu: how an image id is made from a row (default: the 0-based row index)")
+    captions.add_argument("--strict", action="store_true", help="an empty caption is an error, not a counted skip")
+    captions.add_argument("input", nargs="+", help="input files (sbu: captions.txt urls.txt, or one JSON)")
+    captions.set_defaults(func=_guarded(run_captions))
+
+    check = commands.add_parser("verify", help="check a feature store and caption manifests; exit 0 when clean")
+    check.add_argument("--features", default=None, help="feature store directory")
+    check.add_argument("--captions", nargs="*", default=None, help="caption manifests (.jsonl)")
+    check.add_argument("--box-tolerance", type=float, default=1.0, help="pixels a box may exceed the image by")
+    check.set_defaults(func=_guarded(run_verify))

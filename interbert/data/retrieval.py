@@ -1,0 +1,102 @@
+"""Inputs for image-text retrieval evaluation: every caption against every image, unmasked."""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from interbert.data.feature_store import FeatureStore
+from interbert.data.manifests import read_manifest
+from interbert.data.pretraining_dataset import PAD_ID, DatasetError
+from interbert.data.regions import fill_global_token, image_inputs
+from interbert.data.tokenization import load_tokenizer, tokenize_captions
+
+
+class RetrievalCorpus:
+    """The images of one split and their captions, ready to be paired in any combination.
+
+    Attributes: ``image_ids`` (list of I ids, manifest order), ``captions`` (TokenizedCaptions,
+    K captions), ``caption_texts`` (K strings), ``caption_to_image`` (K int64: index into
+    ``image_ids``). Each image's regions (global token first, at most ``max_regions`` + 1) are
+    decoded once and cached as float16 features and float32 locations.
+    Captions of ``split`` with an image missing from the store, or empty, raise DatasetError.
+    """
+
+    def __init__(self, store_path, manifest_path: str | os.PathLike, vocab_file: Optional[str] = None,
+                 split: Optional[str] = "test", max_images: Optional[int] = None, max_regions: int = 36,
+                 max_text_len: int = 36):
+        self.store = store_path if isinstance(store_path, FeatureStore) else FeatureStore(store_path)
+        self.max_regions = max_regions
+        image_index: dict = {}
+        texts, owners = [], []
+        for line_number, entry in read_manifest(manifest_path):
+            if split is not None and entry.get("split") != split:
+                continue
+            image_id = entry["image_id"]
+            if image_id not in image_index:
+                if max_images is not None and len(image_index) >= max_images:
+                    continue
+                image_index[image_id] = len(image_index)
+            caption = str(entry["caption"]).strip()
+            if not caption:
+                raise DatasetError(f"{manifest_path}:{line_number}: empty caption in the {split!r} split; "
+                                   "retrieval needs every caption")
+            texts.append(caption)
+            owners.append(image_index[image_id])
+        self.image_ids = list(image_index)
+        if not self.image_ids:
+            raise DatasetError(f"{manifest_path}: no captions in split {split!r}")
+        missing = self.store.missing(self.image_ids)
+        if missing:
+            raise DatasetError(f"{manifest_path}: {len(missing)} images of split {split!r} are not in feature "
+                               f"store {self.store.path} (first: {missing[:3]})")
+        self.caption_texts = texts
+        self.caption_to_image = np.array(owners, dtype=np.int64)
+        self.captions = tokenize_captions(load_tokenizer(vocab_file), texts, max_text_len)
+        self._images: list = [None] * len(self.image_ids)
+
+    def __len__(self) -> int:
+        return len(self.caption_texts)
+
+    def image(self, index: int) -> tuple:
+        """Cached ``(features (n+1)×F float16, locations (n+1)×5 float32)`` of image ``index``."""
+        if self._images[index] is None:
+            features, locations, _ = image_inputs(self.store.get(self.image_ids[index]), self.max_regions)
+            fill_global_token(features)
+            self._images[index] = (features.astype(np.float16), locations)
+        return self._images[index]
+
+    def text_batch(self, caption_indices: Sequence[int]) -> dict:
+        """input_ids, token_type_ids (B×T long), text_mask (B×T bool) for these captions."""
+        pieces = [self.captions.get(int(i))[0] for i in caption_indices]
+        t = max(p.shape[0] for p in pieces)
+        input_ids = np.full((len(pieces), t), PAD_ID, dtype=np.int64)
+        text_mask = np.zeros((len(pieces), t), dtype=bool)
+        for row, p in enumerate(pieces):
+            input_ids[row, :p.shape[0]] = p
+            text_mask[row, :p.shape[0]] = True
+        return {"input_ids": torch.from_numpy(input_ids),
+                "token_type_ids": torch.zeros(input_ids.shape, dtype=torch.long),
+                "text_mask": torch.from_numpy(text_mask)}
+
+    def image_batch(self, image_indices: Sequence[int]) -> dict:
+        """region_features (B×R×F float32), region_locations (B×R×5), region_mask (B×R bool)."""
+        images = [self.image(int(i)) for i in image_indices]
+        r = max(f.shape[0] for f, _ in images)
+        features = np.zeros((len(images), r, images[0][0].shape[1]), dtype=np.float32)
+        locations = np.zeros((len(images), r, 5), dtype=np.float32)
+        mask = np.zeros((len(images), r), dtype=bool)
+        for row, (f, loc) in enumerate(images):
+            features[row, :f.shape[0]] = f
+            locations[row, :f.shape[0]] = loc
+            mask[row, :f.shape[0]] = True
+        return {"region_features": torch.from_numpy(features), "region_locations": torch.from_numpy(locations),
+                "region_mask": torch.from_numpy(mask)}
+
+    def pair_batch(self, caption_indices: Sequence[int], image_indices: Sequence[int]) -> dict:
+        """The six model inputs for pairs (caption_indices[b], image_indices[b]), padded, unmasked."""
+        if len(caption_indices) != len(image_indices):
+            raise ValueError(f"{len(caption_indices)} captions but {len(image_indices)} images; pair them one to one")
+        return {**self.text_batch(caption_indices), **self.image_batch(image_indices)}

@@ -1,0 +1,98 @@
+"""``interbert data verify``: check every record of a store and every line of caption manifests."""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+from tqdm import tqdm
+
+from interbert.data.feature_store import FeatureStore, FeatureStoreError, record_problems
+from interbert.data.manifests import ManifestError, read_manifest
+from interbert.data.record_format import RecordFormatError, decode_record
+
+
+@dataclass
+class VerifyReport:
+    """Counts of each problem, with the first few places (record keys or ``file:line``) for each."""
+
+    records: int = 0
+    captions: int = 0
+    problems: Counter = field(default_factory=Counter)
+    examples: dict = field(default_factory=dict)
+    max_examples: int = 5
+
+    def add(self, problem: str, where: str) -> None:
+        self.problems[problem] += 1
+        places = self.examples.setdefault(problem, [])
+        if len(places) < self.max_examples:
+            places.append(where)
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems
+
+    def format(self) -> str:
+        lines = [f"checked {self.records} records and {self.captions} captions"]
+        if self.clean:
+            lines.append("no problems found")
+        for problem, count in sorted(self.problems.items()):
+            lines.append(f"  {problem}: {count}  (first: {'; '.join(self.examples[problem])})")
+        return "\n".join(lines)
+
+
+def verify_store(path: str | os.PathLike, report: VerifyReport, box_tolerance: float = 1.0,
+                 progress: bool = True) -> Optional[FeatureStore]:
+    """Decode every record of the store at ``path``; adds problems to ``report``."""
+    try:
+        store = FeatureStore(path)
+        metadata = store.metadata
+    except FeatureStoreError as error:
+        report.add("unreadable store", str(error))
+        return None
+    for key, data in tqdm(store.items_raw(), total=len(store), desc="verify", unit="record", disable=not progress):
+        report.records += 1
+        try:
+            record = decode_record(data)
+        except RecordFormatError as error:
+            report.add("corrupt record", f"{key!r}: {error}")
+            continue
+        if record.image_id != key:
+            report.add("key and image id differ", f"{key!r} holds {record.image_id!r}")
+        if metadata.has_class_probs and record.class_probs is None:
+            report.add("missing class distribution", repr(key))
+        for problem, detail in record_problems(record, metadata, box_tolerance):
+            report.add(problem, f"{key!r}: {detail}")
+    if report.records != metadata.record_count:
+        report.add("record count differs from metadata",
+                   f"{report.records} records, metadata says {metadata.record_count}")
+    return store
+
+
+def verify_captions(paths: Iterable, store: Optional[FeatureStore], report: VerifyReport) -> None:
+    """Every manifest line parses, has a caption, and names an image the store holds."""
+    for path in paths:
+        try:
+            lines = list(read_manifest(path))
+        except (ManifestError, OSError) as error:
+            report.add("unreadable manifest", str(error))
+            continue
+        for line_number, entry in lines:
+            report.captions += 1
+            if not str(entry["caption"]).strip():
+                report.add("empty caption", f"{path}:{line_number}")
+        if store is not None:
+            ids = sorted({entry["image_id"] for _, entry in lines})
+            missing = set(store.missing(ids))
+            for line_number, entry in lines:
+                if entry["image_id"] in missing:
+                    report.add("caption image missing from store", f"{path}:{line_number} ({entry['image_id']!r})")
+
+
+def verify(features: Optional[str], captions: Iterable = (), box_tolerance: float = 1.0,
+           progress: bool = True) -> VerifyReport:
+    report = VerifyReport()
+    store = verify_store(features, report, box_tolerance, progress) if features else None
+    verify_captions(captions, store, report)
+    return report
