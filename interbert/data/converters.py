@@ -140,7 +140,8 @@ def read_tsv(path: str | os.PathLike, feature_size: int, columns: Optional[str] 
             except ValueError as error:
                 raise ConversionError(f"{where}: num_boxes/image_w/image_h are not numbers ({error})") from None
             arrays = {c: _decode_b64(fields[c], c, num_boxes, where, feature_size if c == "features" else 4)
-                      for c in ("boxes", "features", "cls_prob", *TSV_DETECTIONS) if fields.get(c)}
+                      for c in ("boxes", "features", "cls_prob", *TSV_DETECTIONS)
+                      if c in ("boxes", "features") or fields.get(c)}
             if arrays["boxes"].shape[1] != 4:
                 raise ConversionError(f"{where}: boxes hold {arrays['boxes'].shape[1]} values per box, expected 4")
             yield where, detections_to_record(fields["image_id"], width, height, **arrays)

@@ -138,6 +138,11 @@ class FeatureStore:
 
     def _environment(self) -> lmdb.Environment:
         if self._env is None or self._pid != os.getpid():
+            if self._env is not None:
+                # Inherited through fork: py-lmdb allows one open handle per path and process, and
+                # a handle must not be used across fork. Without a lock file, closing it here only
+                # unmaps the child's copy; the parent's handle is untouched.
+                self._env.close()
             try:
                 self._env = lmdb.open(self.path, readonly=True, lock=False, readahead=False,
                                       meminit=False, max_readers=2048)

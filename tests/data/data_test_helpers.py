@@ -1,0 +1,48 @@
+"""Helpers for the data tests: records, small stores, planted bad records, manifests."""
+from __future__ import annotations
+
+import json
+
+import lmdb
+import numpy as np
+
+from interbert.data.feature_store import FeatureStoreWriter
+from interbert.data.record_format import RegionRecord, encode_record
+
+FEATURE_SIZE = 2048
+
+
+def make_record(image_id: str, num_regions: int = 5, seed: int = 0, class_probs: bool = False,
+                feature_size: int = FEATURE_SIZE) -> RegionRecord:
+    rng = np.random.default_rng(seed)
+    width, height = 640.0, 480.0
+    xy = rng.uniform(0, 300, (num_regions, 2))
+    wh = rng.uniform(20, 200, (num_regions, 2))
+    boxes = np.concatenate([xy, np.minimum(xy + wh, [width, height])], axis=1).astype(np.float32)
+    probs = None
+    if class_probs:
+        probs = rng.dirichlet(np.ones(1601), num_regions).astype(np.float32)
+    return RegionRecord(image_id=image_id, width=width, height=height,
+                        features=rng.uniform(0, 4, (num_regions, feature_size)).astype(np.float32),
+                        boxes=boxes, labels=rng.integers(1, 1601, num_regions).astype(np.int32),
+                        confidences=rng.uniform(0.1, 1.0, num_regions).astype(np.float32), class_probs=probs)
+
+
+def write_store(path, records, **kwargs) -> str:
+    with FeatureStoreWriter(path, **kwargs) as writer:
+        for record in records:
+            writer.add(record)
+    return str(path)
+
+
+def put_raw(store_path, key: str, value: bytes) -> None:
+    """Write bytes under a key directly, bypassing the writer's checks (to plant bad records)."""
+    env = lmdb.open(str(store_path), map_size=1 << 30)
+    with env.begin(write=True) as txn:
+        txn.put(key.encode(), value)
+    env.close()
+
+
+def write_manifest_lines(path, entries) -> str:
+    path.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    return str(path)
