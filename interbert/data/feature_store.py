@@ -115,11 +115,43 @@ def record_problems(record: RegionRecord, metadata: StoreMetadata, box_tolerance
     return problems
 
 
+# py-lmdb allows one open handle per path and process, so every FeatureStore of one path in one
+# process shares it: realpath -> (pid that opened it, environment).
+_ENVIRONMENTS: dict = {}
+
+
+def _forget_environment(path) -> None:
+    """Close this process's handle on ``path`` (the store there is being replaced)."""
+    entry = _ENVIRONMENTS.pop(os.path.realpath(path), None)
+    if entry is not None and entry[0] == os.getpid():
+        entry[1].close()
+
+
+def _shared_environment(path: str) -> lmdb.Environment:
+    key = os.path.realpath(path)
+    pid = os.getpid()
+    entry = _ENVIRONMENTS.get(key)
+    if entry is not None and entry[0] == pid:
+        return entry[1]
+    if entry is not None:
+        # Inherited through fork: a handle must not be used across fork. Without a lock file,
+        # closing it here only unmaps the child's copy; the parent's handle is untouched.
+        entry[1].close()
+    try:
+        env = lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False, max_readers=2048)
+    except lmdb.Error as error:
+        raise FeatureStoreError(f"feature store {path}: cannot open ({error})") from None
+    _ENVIRONMENTS[key] = (pid, env)
+    return env
+
+
 class FeatureStore:
     """Read-only access to a feature store; O(1) lookup by image id, nothing loaded into RAM.
 
-    The LMDB environment is opened on first use in each process (the pid is recorded and the
-    environment reopened after a fork). ``get`` reads through a ``buffers=False`` transaction:
+    The LMDB environment is opened on first use in each process and shared by every
+    FeatureStore of the same path there (py-lmdb allows one handle per path and process); the
+    opening pid is recorded and the environment reopened after a fork. The object itself holds
+    no handle, so it pickles and forks freely. ``get`` reads through a ``buffers=False`` transaction:
     LMDB copies the record's bytes once into a Python ``bytes`` object, which stays valid after
     the transaction ends, and the arrays are ``np.frombuffer`` views of it (no further copy).
     A ``buffers=True`` read would avoid that one copy but its memory is invalid once the
@@ -132,30 +164,10 @@ class FeatureStore:
             raise FeatureStoreError(f"feature store {self.path}: no LMDB environment there (expected "
                                     f"{Path(self.path, 'data.mdb')}); build one with `interbert data "
                                     "convert-tsv`, `convert-npz` or `synth`")
-        self._env: Optional[lmdb.Environment] = None
-        self._pid: Optional[int] = None
         self._metadata: Optional[StoreMetadata] = None
 
     def _environment(self) -> lmdb.Environment:
-        if self._env is None or self._pid != os.getpid():
-            if self._env is not None:
-                # Inherited through fork: py-lmdb allows one open handle per path and process, and
-                # a handle must not be used across fork. Without a lock file, closing it here only
-                # unmaps the child's copy; the parent's handle is untouched.
-                self._env.close()
-            try:
-                self._env = lmdb.open(self.path, readonly=True, lock=False, readahead=False,
-                                      meminit=False, max_readers=2048)
-            except lmdb.Error as error:
-                raise FeatureStoreError(f"feature store {self.path}: cannot open ({error})") from None
-            self._pid = os.getpid()
-        return self._env
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_env"] = None  # an LMDB handle never crosses a process boundary
-        state["_pid"] = None
-        return state
+        return _shared_environment(self.path)
 
     @property
     def metadata(self) -> StoreMetadata:
@@ -319,6 +331,7 @@ class FeatureStoreWriter:
         self._env.sync(True)
         self._env.close()
         if self.path.exists():  # only reachable with overwrite=True
+            _forget_environment(self.path)
             shutil.rmtree(self.path)
         os.replace(self.tmp_path, self.path)
 

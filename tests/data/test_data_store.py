@@ -107,12 +107,12 @@ def test_non_store_path_gives_a_clear_error(tmp_path):
 def test_reader_reopens_after_a_fork(tmp_path):
     store = FeatureStore(write_store(tmp_path / "store", [make_record("img-1")]))
     store.get("img-1")
-    parent_env = store._env
+    parent_env = store._environment()
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: must open its own environment, then read
         try:
-            ok = store.get("img-1").num_regions == 5 and store._env is not parent_env
+            ok = store.get("img-1").num_regions == 5 and store._environment() is not parent_env
         except Exception:
             ok = False
         os.write(write, b"1" if ok else b"0")
