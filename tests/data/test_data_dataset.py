@@ -1,0 +1,126 @@
+"""The pretraining dataset and collate: the batch contract, region selection, bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from data_test_helpers import encode_record, make_record, put_raw, write_manifest_lines, write_store
+from interbert.data.feature_store import CorruptRecordError
+from interbert.data.pretraining_dataset import DatasetError, PretrainingDataset, PretrainingTasks, collate
+
+BATCH_KEYS = ["input_ids", "token_type_ids", "text_mask", "region_features", "region_locations", "region_mask",
+              "msm_labels", "mrm_labels", "itm_labels"]
+
+
+def corpus(tmp_path, records, entries):
+    store = write_store(tmp_path / "store", records)
+    return store, write_manifest_lines(tmp_path / "captions.jsonl", entries)
+
+
+def entry(image_id, caption, split="train"):
+    return {"image_id": image_id, "caption": caption, "split": split, "source": "test"}
+
+
+def test_collate_returns_exactly_the_batch_contract(synth_corpus, vocab_file):
+    dataset = PretrainingDataset(synth_corpus / "features", synth_corpus / "captions.jsonl", vocab_file)
+    samples = [dataset[i] for i in range(6)]
+    batch = collate(samples)
+    assert list(batch) == BATCH_KEYS
+    b, t = batch["input_ids"].shape
+    r = batch["region_features"].shape[1]
+    assert (b, t, r) == (6, max(len(s["input_ids"]) for s in samples), max(len(s["mrm_labels"]) for s in samples))
+    expected = {"input_ids": ((b, t), torch.long), "token_type_ids": ((b, t), torch.long),
+                "text_mask": ((b, t), torch.bool), "region_features": ((b, r, 2048), torch.float32),
+                "region_locations": ((b, r, 5), torch.float32), "region_mask": ((b, r), torch.bool),
+                "msm_labels": ((b, t), torch.long), "mrm_labels": ((b, r), torch.long), "itm_labels": ((b,), torch.long)}
+    assert {k: (tuple(v.shape), v.dtype) for k, v in batch.items()} == expected
+    lengths = batch["text_mask"].sum(1)
+    assert lengths.tolist() == [len(s["input_ids"]) for s in samples]
+    assert (batch["input_ids"][~batch["text_mask"]] == 0).all() and (batch["msm_labels"][~batch["text_mask"]] == -100).all()
+    assert (batch["region_features"][~batch["region_mask"]] == 0).all()
+
+
+def test_region_locations_follow_the_five_number_convention(tmp_path, vocab_file):
+    record = make_record("a", num_regions=3)
+    store, manifest = corpus(tmp_path, [record, make_record("b")], [entry("a", "a dog"), entry("b", "a cat")])
+    dataset = PretrainingDataset(store, manifest, vocab_file, tasks=PretrainingTasks(itm_negative_prob=0.0))
+    locations = dataset[0]["region_locations"][1:]
+    x1, y1, x2, y2 = record.boxes.T / np.array([[640], [480], [640], [480]])
+    np.testing.assert_allclose(locations, np.stack([x1, y1, x2, y2, (x2 - x1) * (y2 - y1)], 1), rtol=1e-6)
+
+
+def test_at_most_max_regions_are_kept_by_detector_confidence(tmp_path, vocab_file):
+    record = make_record("a", num_regions=10)
+    store, manifest = corpus(tmp_path, [record, make_record("b")], [entry("a", "a dog"), entry("b", "a cat")])
+    tasks = PretrainingTasks(itm_negative_prob=0.0, mrm_anchor_prob=0.0)
+    sample = PretrainingDataset(store, manifest, vocab_file, max_regions=4, tasks=tasks)[0]
+    keep = np.argsort(-record.confidences)[:4]
+    assert sample["region_features"].shape == (5, 2048)
+    np.testing.assert_array_equal(sample["region_features"][1:], record.features[keep].astype(np.float16))
+
+
+def test_over_long_captions_are_truncated_and_counted(tmp_path, vocab_file):
+    store, manifest = corpus(tmp_path, [make_record("a"), make_record("b")],
+                             [entry("a", "a dog " * 30), entry("b", "a cat")])
+    dataset = PretrainingDataset(store, manifest, vocab_file, max_text_len=12)
+    assert dataset.truncated == 1 and len(dataset) == 2
+    assert len(dataset[0]["input_ids"]) == 12 and dataset[0]["input_ids"][-1] == 102
+
+
+def test_empty_caption_is_a_counted_skip_or_strict_error(tmp_path, vocab_file):
+    store, manifest = corpus(tmp_path, [make_record("a"), make_record("b")],
+                             [entry("a", "a dog"), entry("a", "   "), entry("b", "a cat")])
+    dataset = PretrainingDataset(store, manifest, vocab_file)
+    assert len(dataset) == 2 and dataset.skipped == {"empty caption": 1}
+    with pytest.raises(DatasetError, match=r"captions\.jsonl:2: empty caption"):
+        PretrainingDataset(store, manifest, vocab_file, strict=True)
+
+
+def test_caption_of_a_missing_image_is_a_counted_skip_or_strict_error(tmp_path, vocab_file):
+    store, manifest = corpus(tmp_path, [make_record("a"), make_record("b")],
+                             [entry("a", "a dog"), entry("b", "a cat"), entry("zzz", "a ghost")])
+    dataset = PretrainingDataset(store, manifest, vocab_file)
+    assert len(dataset) == 2 and dataset.skipped == {"image missing from store": 1}
+    with pytest.raises(DatasetError, match=r"captions\.jsonl:3: image 'zzz' is not in feature store"):
+        PretrainingDataset(store, manifest, vocab_file, strict=True)
+
+
+def test_split_filter_keeps_only_that_split(synth_corpus, vocab_file):
+    test = PretrainingDataset(synth_corpus / "features", synth_corpus / "captions.jsonl", vocab_file, split="test")
+    assert len(test) == 6 * 5 and len(test.image_ids) == 6
+
+
+def test_corrupt_record_met_during_training_names_its_key(tmp_path, vocab_file):
+    store, manifest = corpus(tmp_path, [make_record("a"), make_record("b")], [entry("a", "a dog"), entry("b", "a cat")])
+    put_raw(store, "a", encode_record(make_record("a"))[:3000])
+    dataset = PretrainingDataset(store, manifest, vocab_file, tasks=PretrainingTasks(itm_negative_prob=0.0))
+    with pytest.raises(CorruptRecordError, match=r"record 'a' is corrupt"):
+        dataset[0]
+
+
+def test_soft_labels_carry_the_class_distribution_of_masked_regions(tmp_path, vocab_file):
+    records = [make_record("a", num_regions=8, class_probs=True), make_record("b", class_probs=True)]
+    store, manifest = corpus(tmp_path, records, [entry("a", "a dog"), entry("b", "a cat")])
+    tasks = PretrainingTasks(mrm_soft_labels=True, mrm_anchor_prob=0.5, itm_negative_prob=0.0)
+    batch = collate([PretrainingDataset(store, manifest, vocab_file, tasks=tasks)[0]])
+    soft, labels = batch["mrm_soft_labels"], batch["mrm_labels"]
+    assert soft.shape == (1, 9, 1601) and soft.dtype == torch.float32
+    masked = labels[0] != -100
+    assert masked.any()
+    torch.testing.assert_close(soft[0][masked].sum(-1), torch.ones(int(masked.sum())), atol=2e-2, rtol=0)
+    assert (soft[0][~masked] == 0).all()
+
+
+def test_soft_labels_without_class_distributions_in_the_store_is_an_error(tmp_path, vocab_file):
+    store, manifest = corpus(tmp_path, [make_record("a"), make_record("b")], [entry("a", "a dog"), entry("b", "b")])
+    with pytest.raises(DatasetError, match="holds no class distributions"):
+        PretrainingDataset(store, manifest, vocab_file, tasks=PretrainingTasks(mrm_soft_labels=True))
+
+
+def test_mismatched_pairs_can_be_left_unmasked(synth_corpus, vocab_file):
+    tasks = PretrainingTasks(itm_negative_prob=1.0, mask_mismatched_pairs=False)
+    dataset = PretrainingDataset(synth_corpus / "features", synth_corpus / "captions.jsonl", vocab_file, tasks=tasks)
+    sample = dataset[0]
+    assert sample["itm_labels"] == 0
+    assert (sample["msm_labels"] == -100).all() and (sample["mrm_labels"] == -100).all()
