@@ -1,0 +1,96 @@
+"""The pretraining run's data: training and validation loaders over the data package's
+PretrainingDataset, built from the command-line paths with errors that name the flag."""
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from interbert.config import InterBertConfig
+from interbert.data.loader import PretrainingLoader, build_pretraining_loader
+from interbert.data.pretraining_dataset import PretrainingDataset, PretrainingTasks
+
+
+class CorpusError(ValueError):
+    pass
+
+
+@dataclass
+class RunData:
+    train: PretrainingLoader
+    validation: PretrainingLoader | None
+
+
+def check_paths(features: str | None, captions: list[str] | None, vocab: str | None) -> None:
+    if not features:
+        raise CorpusError("--features is required: the feature store (an LMDB directory, e.g. "
+                          "demo/features from `interbert data synth`)")
+    if not Path(features).is_dir():
+        raise CorpusError(f"--features {features}: no such directory (a feature store is an LMDB "
+                          "directory written by `interbert data synth` or `interbert data convert-*`)")
+    if not captions:
+        raise CorpusError("--captions is required: one or more caption manifests (JSON lines)")
+    for path in captions:
+        if not Path(path).is_file():
+            raise CorpusError(f"--captions {path}: no such file")
+    if vocab and not Path(vocab).is_file():
+        raise CorpusError(f"--vocab {vocab}: no such file (the bert-base-uncased vocab.txt)")
+
+
+def tasks_for(model_config: InterBertConfig, store_has_class_probs: bool) -> PretrainingTasks:
+    """The masking tasks the model's loss needs (the KL MRM target needs class distributions)."""
+    wants_soft = model_config.mrm_loss == "kl"
+    if wants_soft and not store_has_class_probs:
+        raise CorpusError(
+            "the model config's mrm_loss is 'kl' (the released target) but the feature store holds "
+            "no detector class distributions: set mrm_loss to 'ce' in a --model-config file, or "
+            "rebuild the store with class distributions")
+    return PretrainingTasks(mrm_soft_labels=wants_soft)
+
+
+def build_run_data(*, features: str, captions: list[str], vocab: str | None,
+                   model_config: InterBertConfig, micro_batch: int, rank: int, world_size: int,
+                   num_workers: int, seed: int, max_text_len: int, max_regions: int,
+                   validation_split: str | None) -> RunData:
+    check_paths(features, captions, vocab)
+    train_set = PretrainingDataset(features, captions, vocab_file=vocab, split="train",
+                                   max_text_len=max_text_len, max_regions=max_regions, seed=seed,
+                                   tasks=tasks_for(model_config, _has_class_probs(features)))
+    if len(train_set) < micro_batch * world_size:
+        raise CorpusError(
+            f"the training split has {len(train_set)} captions, fewer than one micro-batch per rank "
+            f"({micro_batch} x {world_size} ranks): use a larger corpus or a smaller "
+            "train_micro_batch_size_per_gpu")
+    # drop_last: every optimizer step sees full micro-batches on every rank.
+    train = build_pretraining_loader(train_set, micro_batch, rank=rank, world_size=world_size,
+                                     num_workers=num_workers, seed=seed, shuffle=True,
+                                     drop_last=True, pin_memory=torch.cuda.is_available())
+    train.worker_init_fn = ignore_stop_signals
+    validation = None
+    if validation_split:
+        try:
+            val_set = PretrainingDataset(features, captions, vocab_file=vocab,
+                                         split=validation_split, max_text_len=max_text_len,
+                                         max_regions=max_regions, seed=seed + 1,
+                                         tasks=train_set.tasks)
+        except ValueError as error:
+            raise CorpusError(f"validation split {validation_split!r}: {error}") from None
+        validation = build_pretraining_loader(val_set, micro_batch, rank=rank,
+                                              world_size=world_size, num_workers=0, seed=seed,
+                                              shuffle=False, drop_last=False)
+    return RunData(train, validation)
+
+
+def _has_class_probs(features: str) -> bool:
+    from interbert.data.feature_store import FeatureStore
+
+    return bool(FeatureStore(features).metadata.has_class_probs)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader worker start-up: leave SIGTERM / SIGINT to the training process, which stops
+    at a step boundary; a worker killed by them would abort the clean stop."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

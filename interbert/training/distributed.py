@@ -1,0 +1,145 @@
+"""Who this process is in the job, and the process group.
+
+Three ways in:
+- the DeepSpeed launcher (or torchrun) sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT;
+- `mpirun -np N python interbert/pretrain.py ...`: Open MPI sets OMPI_COMM_WORLD_*; we read
+  rank, world size and local rank from mpi4py and honour MASTER_ADDR / MASTER_PORT when they
+  are set (DeepSpeed's own MPI discovery overwrites them, so it is switched off);
+- a plain `python interbert/pretrain.py`: a world of one.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+DEFAULT_MASTER_ADDR = "127.0.0.1"
+DEFAULT_MASTER_PORT = "29500"
+MPI_MARKERS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK")
+
+
+@dataclass(frozen=True)
+class DistributedEnvironment:
+    rank: int
+    world_size: int
+    local_rank: int
+    launcher: str  # "deepspeed/torchrun", "mpirun" or "single process"
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_mpirun(environ=os.environ) -> bool:
+    return "RANK" not in environ and any(key in environ for key in MPI_MARKERS)
+
+
+def _set_environment_from_mpi() -> None:
+    """RANK / WORLD_SIZE / LOCAL_RANK from mpi4py; MASTER_ADDR / MASTER_PORT kept when set."""
+    try:
+        from mpi4py import MPI
+    except ImportError as error:
+        raise RuntimeError(
+            "this process was started by mpirun, but mpi4py cannot be imported "
+            f"({error}); install it with `pip install mpi4py` (the `mpi` extra)"
+        ) from None
+    world = MPI.COMM_WORLD
+    rank, world_size = world.Get_rank(), world.Get_size()
+    node = world.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
+    local_rank, local_size = node.Get_rank(), node.Get_size()
+    node.Free()
+    if world_size > local_size and "MASTER_ADDR" not in os.environ:
+        raise RuntimeError(
+            f"mpirun started {world_size} ranks over several nodes ({local_size} on this one) but "
+            "MASTER_ADDR is not set: export MASTER_ADDR=<address of rank 0's node> (and "
+            "MASTER_PORT) and pass them with `mpirun -x MASTER_ADDR -x MASTER_PORT`"
+        )
+    os.environ["RANK"] = str(rank)
+    os.environ["WORLD_SIZE"] = str(world_size)
+    os.environ["LOCAL_RANK"] = str(local_rank)
+    os.environ.setdefault("MASTER_ADDR", DEFAULT_MASTER_ADDR)
+    os.environ.setdefault("MASTER_PORT", DEFAULT_MASTER_PORT)
+
+
+@dataclass(frozen=True)
+class JobPlacement:
+    """Where this process sits in the job, known before any process group exists."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_size: int
+    launcher: str  # "deepspeed/torchrun", "mpirun" or "single process"
+
+
+def discover_job(local_rank_flag: int | None = None) -> JobPlacement:
+    """Read (and for mpirun, set) RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT.
+
+    `local_rank_flag` is the launcher's `--local_rank`; the environment wins when both exist."""
+    if launched_by_mpirun():
+        _set_environment_from_mpi()
+        launcher = "mpirun"
+    elif "RANK" in os.environ:
+        launcher = "deepspeed/torchrun"
+    else:
+        launcher = "single process"
+        os.environ.update(RANK="0", WORLD_SIZE="1")
+        os.environ.setdefault("MASTER_ADDR", DEFAULT_MASTER_ADDR)
+        os.environ.setdefault("MASTER_PORT", DEFAULT_MASTER_PORT)
+    os.environ.setdefault("LOCAL_RANK", str(local_rank_flag or 0))
+    world_size = int(os.environ["WORLD_SIZE"])
+    local_size = int(os.environ.get("LOCAL_SIZE") or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE")
+                     or os.environ.get("LOCAL_WORLD_SIZE") or world_size)
+    return JobPlacement(int(os.environ["RANK"]), world_size, int(os.environ["LOCAL_RANK"]),
+                        local_size, launcher)
+
+
+def job_device(placement: JobPlacement) -> torch.device:
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() == "cuda":
+        return torch.device("cuda", placement.local_rank)
+    return torch.device("cpu")
+
+
+def init_process_group(placement: JobPlacement, device: torch.device) -> DistributedEnvironment:
+    """DeepSpeed's process group (gloo on a CPU, NCCL on CUDA), without its MPI discovery."""
+    import deepspeed
+
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+    return DistributedEnvironment(placement.rank, placement.world_size, placement.local_rank,
+                                  placement.launcher, device, backend)
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum a small float64 vector over ranks (in place on the process group's device)."""
+    import deepspeed.comm as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return values
+    dist.all_reduce(values)
+    return values
+
+
+def all_gather_objects(value) -> list:
+    """Every rank's `value`, in rank order (picklable objects of our own making only)."""
+    import torch.distributed as torch_dist
+
+    if not torch_dist.is_initialized() or torch_dist.get_world_size() == 1:
+        return [value]
+    gathered = [None] * torch_dist.get_world_size()
+    torch_dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def barrier() -> None:
+    import deepspeed.comm as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()

@@ -1,0 +1,90 @@
+"""Reading a DeepSpeed JSON config and checking it against the job before DeepSpeed sees it,
+so that mistakes fail at once with the file, the key and the fix in the message."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load_ds_config(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--deepspeed_config {path}: no such file (the configs live in ds_configs/)")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path}: not valid JSON: {error}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: expected a JSON object of DeepSpeed settings")
+    return config
+
+
+def resolve_batch_sizes(config: dict, world_size: int, path: str | Path) -> dict:
+    """Fill in the one missing batch key (as DeepSpeed would) and check that
+    train_batch_size == micro-batch x accumulation x world size. Returns a copy."""
+    config = copy.deepcopy(config)
+    given = {key: config.get(key) for key in BATCH_KEYS}
+    for key, value in given.items():
+        if value is not None and (not isinstance(value, int) or value <= 0):
+            raise ConfigError(f"{path}: {key} must be a positive integer, got {value!r}")
+    total, micro, accumulation = (given[k] for k in BATCH_KEYS)
+    if total is None and micro is None:
+        raise ConfigError(f"{path}: set train_batch_size or train_micro_batch_size_per_gpu")
+    if total is None:
+        total = micro * (accumulation or 1) * world_size
+    elif micro is None:
+        accumulation = accumulation or 1
+        if total % (accumulation * world_size):
+            raise ConfigError(
+                f"{path}: train_batch_size {total} is not divisible by gradient_accumulation_steps "
+                f"{accumulation} x {world_size} ranks; change one of them")
+        micro = total // (accumulation * world_size)
+    elif accumulation is None:
+        if total % (micro * world_size):
+            raise ConfigError(
+                f"{path}: train_batch_size {total} is not divisible by "
+                f"train_micro_batch_size_per_gpu {micro} x {world_size} ranks; change one of them")
+        accumulation = total // (micro * world_size)
+    if total != micro * accumulation * world_size:
+        raise ConfigError(
+            f"{path}: the batch sizes disagree for {world_size} ranks: train_batch_size {total} != "
+            f"train_micro_batch_size_per_gpu {micro} x gradient_accumulation_steps {accumulation} "
+            f"x {world_size} ranks = {micro * accumulation * world_size}. For {world_size} ranks "
+            f"set gradient_accumulation_steps to {total / (micro * world_size):g} (it must be a "
+            "whole number) or change the micro-batch")
+    config.update(train_batch_size=total, train_micro_batch_size_per_gpu=micro,
+                  gradient_accumulation_steps=accumulation)
+    return config
+
+
+def tensorboard_enabled(config: dict) -> bool:
+    return bool(config.get("tensorboard", {}).get("enabled", False))
+
+
+def for_engine(config: dict) -> dict:
+    """The dict handed to deepspeed.initialize: our own TensorBoard writer replaces DeepSpeed's
+    monitor (it logs a superset, in the run's output folder), and the optimizer is built by
+    us (interbert.training.optimizer) from the `optimizer` section."""
+    engine_config = copy.deepcopy(config)
+    engine_config.pop("optimizer", None)
+    for monitor in ("tensorboard", "wandb", "csv_monitor", "comet"):
+        engine_config.pop(monitor, None)
+    return engine_config
+
+
+def scheduler_total_steps(config: dict) -> int | None:
+    params = config.get("scheduler", {}).get("params", {})
+    return params.get("total_num_steps")
+
+
+def total_steps_for_epochs(pairs: int, epochs: float, train_batch_size: int) -> int:
+    """Optimizer steps for `epochs` passes over `pairs` pairs at a global batch size."""
+    return math.ceil(epochs * pairs / train_batch_size)

@@ -1,0 +1,126 @@
+"""Useful work per training batch, and the hardware peak it is compared with (MFU).
+
+One training pass (forward + backward) of a stack of L post-LN layers of width h over T real
+tokens costs 72·h²·L·T (the dense products: 4h² attention projections + 8h² feed-forward
+weights, 2 FLOP per multiply-add, ×3 for forward and backward) + 12·L·h·T² (attention scores
+and mixing). InterBERT has three stacks, each with its own T:
+  interaction       T = real regions + real text tokens (one joint sequence)
+  text extraction   T = real text tokens
+  image extraction  T = real regions
+Heads count 6 FLOP per weight per row they really see: region embeddings on every real
+region, poolers once per pair, the MSM head on masked words only, the MRM head on masked
+regions only. Padding is never counted (see ../shared/reference/anchors.md).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from interbert.config import InterBertConfig, StreamConfig
+
+IGNORE_INDEX = -100
+# Dense peaks in FLOP/s for the tensor-core formats (fp16/bf16); fp32 on these parts is
+# slower and MFU against them would flatter nobody.
+GPU_PEAKS = (
+    ("H200", 989e12),
+    ("H100", 989e12),
+    ("A100", 312e12),
+    ("V100", 125e12),
+)
+
+
+def stack_flops(stream: StreamConfig, hidden: int, tokens: torch.Tensor) -> float:
+    """Training FLOPs of one stack over per-sample real token counts `tokens` (B,)."""
+    tokens = tokens.double()
+    layers = stream.num_layers
+    dense = 72.0 * hidden * hidden * layers * tokens.sum()
+    attention = 12.0 * layers * hidden * (tokens * tokens).sum()
+    return float(dense + attention)
+
+
+def head_flops(config: InterBertConfig, regions: torch.Tensor, masked_words: int,
+               masked_regions: int, pairs: int) -> float:
+    h = config.hidden_size
+    region_embedding = (config.region_feature_size + config.region_location_size) * h
+    msm = h * h + h * config.vocab_size  # transform + tied decoder
+    mrm = h * h + h * config.num_region_classes
+    poolers_and_itm = 2 * h * config.pooled_size + 2 * config.pooled_size * 2
+    weights_times_rows = (region_embedding * float(regions.sum()) + msm * masked_words
+                          + mrm * masked_regions + poolers_and_itm * pairs)
+    return 6.0 * weights_times_rows
+
+
+@dataclass
+class BatchFlops:
+    layers: float
+    heads: float
+
+    @property
+    def total(self) -> float:
+        return self.layers + self.heads
+
+
+def batch_flops(config: InterBertConfig, batch: dict) -> BatchFlops:
+    """FLOPs of one training pass over `batch` (design.md keys), real tokens only."""
+    text = batch["text_mask"].bool().sum(dim=1)
+    regions = batch["region_mask"].bool().sum(dim=1)
+    h = config.hidden_size
+    layers = (stack_flops(config.interaction, h, text + regions)
+              + stack_flops(config.text_extraction, h, text)
+              + stack_flops(config.image_extraction, h, regions))
+    masked_words = int((batch["msm_labels"] != IGNORE_INDEX).sum()) if "msm_labels" in batch else 0
+    masked_regions = int((batch["mrm_labels"] != IGNORE_INDEX).sum()) if "mrm_labels" in batch else 0
+    heads = head_flops(config, regions, masked_words, masked_regions, int(text.numel()))
+    return BatchFlops(layers, heads)
+
+
+def sample_flops(config: InterBertConfig, text_tokens: int, regions: int) -> BatchFlops:
+    """FLOPs of one pair with the given real lengths and the default masking rates
+    (about 15% of words and 10% of regions masked): for tables and estimates."""
+    h = config.hidden_size
+    one = lambda n: torch.tensor([n])  # noqa: E731
+    layers = (stack_flops(config.interaction, h, one(text_tokens + regions))
+              + stack_flops(config.text_extraction, h, one(text_tokens))
+              + stack_flops(config.image_extraction, h, one(regions)))
+    heads = head_flops(config, one(regions), round(0.15 * text_tokens), round(0.1 * regions), 1)
+    return BatchFlops(layers, heads)
+
+
+@dataclass(frozen=True)
+class Peak:
+    flops_per_second: float  # per device
+    source: str
+
+
+def device_peak(device: torch.device, dtype: torch.dtype) -> Peak:
+    """The peak of one device: the table for known GPUs, a measured matmul on a CPU."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for marker, peak in GPU_PEAKS:
+            if marker in name:
+                return Peak(peak, f"{name}: {peak / 1e12:.0f} TFLOP/s dense fp16/bf16 (table)")
+        return measured_matmul_peak(device, dtype)
+    return measured_matmul_peak(device, dtype)
+
+
+def measured_matmul_peak(device: torch.device, dtype: torch.dtype, size: int = 1024,
+                         repeats: int = 8) -> Peak:
+    """Best FLOP/s of a square matmul in `dtype`: what this device really sustains on the
+    kind of work the model does (run on every rank at once, so shared cores are shared)."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    peak = 2.0 * size ** 3 / best
+    return Peak(peak, f"{device.type} {dtype}: {peak / 1e9:.1f} GFLOP/s measured by a "
+                      f"{size}x{size} matmul")
