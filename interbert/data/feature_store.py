@@ -127,8 +127,8 @@ def _forget_environment(path) -> None:
         entry[1].close()
 
 
-def _shared_environment(path: str) -> lmdb.Environment:
-    key = os.path.realpath(path)
+def _shared_environment(path: str, key: str) -> lmdb.Environment:
+    """This process's handle on the store at ``path`` (``key``: its real path)."""
     pid = os.getpid()
     entry = _ENVIRONMENTS.get(key)
     if entry is not None and entry[0] == pid:
@@ -164,10 +164,11 @@ class FeatureStore:
             raise FeatureStoreError(f"feature store {self.path}: no LMDB environment there (expected "
                                     f"{Path(self.path, 'data.mdb')}); build one with `interbert data "
                                     "convert-tsv`, `convert-npz` or `synth`")
+        self._key = os.path.realpath(self.path)
         self._metadata: Optional[StoreMetadata] = None
 
     def _environment(self) -> lmdb.Environment:
-        return _shared_environment(self.path)
+        return _shared_environment(self.path, self._key)
 
     @property
     def metadata(self) -> StoreMetadata:

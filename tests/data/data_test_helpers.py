@@ -7,7 +7,7 @@ import lmdb
 import numpy as np
 
 from interbert.data.feature_store import FeatureStoreWriter
-from interbert.data.record_format import RegionRecord, encode_record
+from interbert.data.record_format import RegionRecord
 
 FEATURE_SIZE = 2048
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from data_test_helpers import encode_record, make_record, put_raw, write_manifest_lines, write_store
+from data_test_helpers import make_record, put_raw, write_manifest_lines, write_store
+from interbert.data.record_format import encode_record
 from interbert.data.feature_store import CorruptRecordError
 from interbert.data.pretraining_dataset import DatasetError, PretrainingDataset, PretrainingTasks, collate
 

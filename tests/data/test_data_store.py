@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from data_test_helpers import encode_record, make_record, put_raw, write_store
+from data_test_helpers import make_record, put_raw, write_store
+from interbert.data.record_format import encode_record
 from interbert.data.feature_store import (CorruptRecordError, FeatureStore, FeatureStoreError,
                                           FeatureStoreWriter, MissingImageError)
 from interbert.data.record_format import decode_record

@@ -5,7 +5,8 @@ import json
 
 import numpy as np
 
-from data_test_helpers import encode_record, make_record, put_raw, write_manifest_lines, write_store
+from data_test_helpers import make_record, put_raw, write_manifest_lines, write_store
+from interbert.data.record_format import encode_record
 from interbert.cli import main
 from interbert.data.feature_store import FeatureStore
 from interbert.data.synth import OBJECT_WORDS, synthesize_corpus
