@@ -60,6 +60,9 @@ def run_captions(args: argparse.Namespace) -> int:
 def run_verify(args: argparse.Namespace) -> int:
     from interbert.data.verify import verify
 
+    if not args.features and not args.captions:
+        print("error: give --features STORE, --captions FILE.jsonl, or both", file=sys.stderr)
+        return 2
     report = verify(args.features, args.captions or (), box_tolerance=args.box_tolerance)
     print(report.format())
     return 0 if report.clean else 1

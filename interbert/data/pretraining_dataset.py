@@ -150,7 +150,6 @@ class PretrainingDataset(torch.utils.data.Dataset):
         self.image_ids = sorted({image_id for image_id, _, _ in pairs})
         position = {image_id: i for i, image_id in enumerate(self.image_ids)}
         self.caption_image = np.array([position[image_id] for image_id, _, _ in pairs], dtype=np.int64)
-        self.sources = [source for _, _, source in pairs]
         if not pairs:
             raise DatasetError(f"no usable caption in {', '.join(map(str, _as_list(manifests)))} for split "
                                f"{split!r} (skipped: {dict(self.skipped) or 'none'})")
