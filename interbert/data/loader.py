@@ -35,12 +35,13 @@ class PretrainingLoader(torch.utils.data.DataLoader):
 def build_pretraining_loader(dataset, batch_size: int, rank: int = 0, world_size: int = 1, num_workers: int = 0,
                              seed: int = 0, shuffle: bool = True, drop_last: bool = False,
                              bucket_by_length: bool = False, pin_memory: bool = False,
-                             prefetch_factor: int | None = None) -> PretrainingLoader:
+                             prefetch_factor: int | None = None, worker_init_fn=None) -> PretrainingLoader:
     """A loader over ``dataset`` (a PretrainingDataset) for one rank.
 
     Batches are dicts of tensors (see ``collate``) of ``batch_size`` samples; with
     ``drop_last=False`` the epoch's last batch may be smaller. ``bucket_by_length`` groups
-    captions of similar length (see ``sampling``). Workers open the feature store lazily.
+    captions of similar length (see ``sampling``). Workers open the feature store lazily;
+    ``worker_init_fn(worker_id)`` runs first in each worker (e.g. to ignore stop signals).
     """
     lengths = dataset.text_lengths() if bucket_by_length else None
     sampler = DistributedShardSampler(len(dataset), rank=rank, world_size=world_size, seed=seed, shuffle=shuffle,
@@ -49,4 +50,4 @@ def build_pretraining_loader(dataset, batch_size: int, rank: int = 0, world_size
     extra = {"prefetch_factor": prefetch_factor} if num_workers > 0 and prefetch_factor else {}
     return PretrainingLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
                              num_workers=num_workers, drop_last=drop_last, pin_memory=pin_memory,
-                             persistent_workers=False, **extra)
+                             persistent_workers=False, worker_init_fn=worker_init_fn, **extra)
