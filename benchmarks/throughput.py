@@ -1,0 +1,444 @@
+#!/usr/bin/env python
+"""Training throughput of InterBERT inside the real DeepSpeed engine, against a baseline in
+the same run, and the 8×V100-16GB plan of the paper's setup built from the measurements.
+
+  python benchmarks/throughput.py --preset paper-base --micro-batches 1,2 --regions 36 \
+      --baseline hf-eager --json runs/throughput.json --plot runs/throughput.png
+
+For each micro-batch: samples/s, tokens/s, the forward / backward / optimizer-step split,
+achieved TFLOP/s on real (unpadded) tokens (interbert/training/flops.py), MFU against the
+device's peak (a table for GPUs; on a CPU, a large matmul measured in this run) and memory
+(benchmarks/memory_meter.py). `--data STORE --captions FILE` feeds real batches from a
+feature store, so the data path is timed too.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import socket
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from interbert.config import PRESETS, InterBertConfig  # noqa: E402
+from interbert.modeling import InterBertForPretraining  # noqa: E402
+from interbert.modeling.layer_norm import layer_norm_implementation  # noqa: E402
+from interbert.modeling.parameters import count_parameters  # noqa: E402
+from interbert.training.flops import batch_flops, measured_matmul_peak, device_peak, sample_flops  # noqa: E402
+from interbert.training.optimizer import build_optimizer  # noqa: E402
+from interbert.training.precision import resolve_precision  # noqa: E402
+
+from memory_meter import SavedTensorMeter, model_state_bytes  # noqa: E402
+from v100_plan import PlanAssumptions, plan  # noqa: E402
+
+MIB = 1024 ** 2
+
+
+# ---------------------------------------------------------------------------- batches
+def synthetic_batch(config: InterBertConfig, micro: int, text_tokens: int, regions: int,
+                    seed: int) -> dict:
+    """A batch of the paper's shape, every position real: about 15% of words and 10% of
+    regions masked (the rates MSM/MRM produce), half the pairs mismatched."""
+    g = torch.Generator().manual_seed(seed)
+    batch = {
+        "input_ids": torch.randint(1000, config.vocab_size, (micro, text_tokens), generator=g),
+        "token_type_ids": torch.zeros(micro, text_tokens, dtype=torch.long),
+        "text_mask": torch.ones(micro, text_tokens, dtype=torch.bool),
+        "region_features": torch.rand(micro, regions, config.region_feature_size, generator=g),
+        "region_locations": torch.rand(micro, regions, 5, generator=g),
+        "region_mask": torch.ones(micro, regions, dtype=torch.bool),
+        "itm_labels": torch.arange(micro) % 2,
+    }
+    words = torch.rand(micro, text_tokens, generator=g) < 0.15
+    words[:, 0] = words[:, -1] = False
+    batch["msm_labels"] = batch["input_ids"].masked_fill(~words, -100)
+    masked = torch.rand(micro, regions, generator=g) < 0.10
+    masked[:, 0] = False
+    batch["mrm_labels"] = torch.randint(0, config.num_region_classes, (micro, regions), generator=g).masked_fill(~masked, -100)
+    if config.mrm_loss == "kl":
+        batch["mrm_soft_labels"] = torch.softmax(torch.randn(micro, regions, config.num_region_classes, generator=g), -1)
+    return batch
+
+
+def batch_source(args, config: InterBertConfig, micro: int):
+    """An endless iterator of batches: synthetic, or from the feature store with --data."""
+    if not args.data:
+        batch = synthetic_batch(config, micro, args.text_tokens, args.regions, args.seed)
+        while True:
+            yield batch
+    from interbert.data.loader import build_pretraining_loader
+    from interbert.data.pretraining_dataset import PretrainingDataset, PretrainingTasks
+
+    tasks = PretrainingTasks(mrm_soft_labels=config.mrm_loss == "kl")
+    dataset = PretrainingDataset(args.data, args.captions, args.vocab, split=None,
+                                 max_text_len=args.text_tokens, max_regions=args.regions - 1,
+                                 tasks=tasks, seed=args.seed)
+    loader = build_pretraining_loader(dataset, micro, num_workers=args.workers, seed=args.seed,
+                                      drop_last=True)
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+# ---------------------------------------------------------------------------- systems
+class Ours:
+    """InterBertForPretraining in the DeepSpeed engine (ZeRO, configured precision, the
+    fused optimizer chosen by interbert/training/optimizer.py)."""
+
+    name = "interbert-ds"
+
+    def __init__(self, config, ds_config_path, micro, precision, device):
+        import deepspeed
+
+        ds_config = json.loads(Path(ds_config_path).read_text())
+        ds_config.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=1,
+                         train_batch_size=micro * int(os.environ.get("WORLD_SIZE", "1")),
+                         steps_per_print=10 ** 9, wall_clock_breakdown=False)
+        ds_config["tensorboard"] = {"enabled": False}
+        ds_config.pop("scheduler", None)
+        self.precision = resolve_precision(precision, ds_config, device, str(ds_config_path))
+        model = InterBertForPretraining(config)
+        choice = build_optimizer(model, ds_config, device, str(ds_config_path))
+        ds_config.pop("optimizer")
+        self.optimizer_name = choice.implementation
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=choice.optimizer, config=ds_config)
+        self.module = self.engine.module
+
+    def forward(self, batch):
+        return self.engine(**batch).loss
+
+    def backward(self, loss):
+        self.engine.backward(loss)
+
+    def step(self):
+        self.engine.step()
+
+    def state_bytes(self):
+        return model_state_bytes(self.module, self.engine.optimizer)
+
+
+class HfEager:
+    """benchmarks/hf_baseline.py with plain torch.optim.AdamW; autocast for bf16/fp16."""
+
+    name = "hf-eager"
+
+    def __init__(self, config, precision_name, device):
+        from hf_baseline import HfEagerInterBert
+
+        self.module = HfEagerInterBert(config).to(device)
+        self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=1e-4, betas=(0.9, 0.9999),
+                                           eps=1e-6, weight_decay=0.01)
+        self.optimizer_name = "torch.optim.AdamW (defaults: foreach), every parameter decayed"
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision_name)
+        self.autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
+        self.scaler = torch.amp.GradScaler(device.type) if precision_name == "fp16" else None
+
+    def forward(self, batch):
+        with self.autocast():
+            return self.module(**batch)
+
+    def backward(self, loss):
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+
+    def step(self):
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def state_bytes(self):
+        return model_state_bytes(self.module, self.optimizer)
+
+
+# ---------------------------------------------------------------------------- measurement
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _to(batch, device):
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def measure(system, batches, config, micro, args, device, peak) -> dict:
+    """Warm-up steps, one memory-metered step, then `args.steps` timed steps."""
+    for _ in range(args.warmup):
+        loss = system.forward(_to(next(batches), device))
+        system.backward(loss)
+        system.step()
+    # memory: saved-for-backward bytes and model states, on a step of its own
+    meter = SavedTensorMeter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with meter.counting(system.module.parameters()):
+        loss = system.forward(_to(next(batches), device))
+    system.backward(loss)
+    states = system.state_bytes()
+    system.step()
+    timings = {"data": 0.0, "forward": 0.0, "backward": 0.0, "step": 0.0}
+    flops, tokens = 0.0, 0
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        batch = _to(next(batches), device)
+        _sync(device)
+        t1 = time.perf_counter()
+        loss = system.forward(batch)
+        _sync(device)
+        t2 = time.perf_counter()
+        system.backward(loss)
+        _sync(device)
+        t3 = time.perf_counter()
+        system.step()
+        _sync(device)
+        t4 = time.perf_counter()
+        for key, seconds in zip(timings, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            timings[key] += seconds
+        flops += batch_flops(config, batch).total
+        tokens += int(batch["text_mask"].sum() + batch["region_mask"].sum())
+    elapsed = sum(timings.values())
+    achieved = flops / elapsed
+    result = {
+        "system": system.name,
+        "micro_batch": micro,
+        "samples_per_s": micro * args.steps / elapsed,
+        "tokens_per_s": tokens / elapsed,
+        "ms_per_step": {k: 1000 * v / args.steps for k, v in timings.items()},
+        "tflops": achieved / 1e12,
+        "mfu": achieved / peak.flops_per_second,
+        "activation_bytes": meter.bytes,
+        "model_state_bytes": states,
+        "optimizer": system.optimizer_name,
+        "loss": float(loss.detach()),
+    }
+    result["memory_bytes"] = meter.bytes + sum(states.values())
+    if device.type == "cuda":
+        result["cuda_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+        result["memory_bytes"] = result["cuda_peak_allocated_bytes"]
+    return result
+
+
+# ---------------------------------------------------------------------------- report
+def environment(device, precision, peak) -> dict:
+    import deepspeed
+    import transformers
+
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+        name = f"{name} ({torch.get_num_threads()} threads)"
+    return {
+        "device": name, "device_type": device.type, "precision": precision.name,
+        "precision_reason": precision.reason, "peak_flops": peak.flops_per_second,
+        "peak_source": peak.source, "python": platform.python_version(), "torch": torch.__version__,
+        "deepspeed": deepspeed.__version__, "transformers": transformers.__version__,
+        "layer_norm": layer_norm_implementation(device),
+    }
+
+
+def print_table(results):
+    header = (f"{'system':<13}{'micro':>6}{'samples/s':>11}{'tokens/s':>10}{'data ms':>9}{'fwd ms':>9}"
+              f"{'bwd ms':>9}{'step ms':>9}{'TFLOP/s':>9}{'MFU':>7}{'act MiB':>9}{'states MiB':>11}{'mem MiB':>9}")
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        ms = r["ms_per_step"]
+        print(f"{r['system']:<13}{r['micro_batch']:>6}{r['samples_per_s']:>11.2f}{r['tokens_per_s']:>10.0f}"
+              f"{ms['data']:>9.1f}{ms['forward']:>9.1f}{ms['backward']:>9.1f}{ms['step']:>9.1f}"
+              f"{r['tflops']:>9.3f}{100 * r['mfu']:>6.1f}%{r['activation_bytes'] / MIB:>9.1f}"
+              f"{sum(r['model_state_bytes'].values()) / MIB:>11.1f}{r['memory_bytes'] / MIB:>9.1f}")
+
+
+def ratios(results) -> list[dict]:
+    ours = {r["micro_batch"]: r for r in results if r["system"] == Ours.name}
+    base = {r["micro_batch"]: r for r in results if r["system"] == HfEager.name}
+    rows = []
+    for micro in sorted(set(ours) & set(base)):
+        rows.append({
+            "micro_batch": micro,
+            "samples_per_s": ours[micro]["samples_per_s"] / base[micro]["samples_per_s"],
+            "activation_memory": ours[micro]["activation_bytes"] / max(base[micro]["activation_bytes"], 1),
+            "memory": ours[micro]["memory_bytes"] / base[micro]["memory_bytes"],
+        })
+    return rows
+
+
+def print_plan(result, source_preset):
+    a = result["assumptions"]
+    print(f"\n8×V100-16GB plan: paper-base, fp16, ZeRO-1 over {a['gpus']} GPUs, global batch {a['global_batch']}")
+    for key, value in a.items():
+        print(f"  assumption {key:<22} {value}")
+    print(f"  parameters                        {result['parameters']:,}")
+    print(f"  activations per sample (fp16)     {result['activation_bytes_per_sample'] / MIB:.1f} MiB "
+          f"(measured on preset {source_preset})")
+    print(f"  model states + buckets + context  {result['fixed_bytes_per_gpu'] / 2**30:.2f} GiB per GPU")
+    for row in result["rows"]:
+        print(f"  micro-batch {row['micro_batch']:>3}: {row['memory_gib']:6.2f} GiB per GPU  "
+              f"{'fits' if row['fits'] else 'does not fit'} (budget {result['budget_bytes_per_gpu'] / 2**30:.1f} GiB)")
+    print(f"  chosen micro-batch {result['micro_batch']} × accumulation {result['gradient_accumulation']} "
+          f"× {a['gpus']} GPUs = {result['global_batch_check']}")
+    print(f"  per-GPU samples/s on a V100       {result['v100_samples_per_s_per_gpu']:.1f}")
+    print(f"  {result['optimizer_steps']:,} optimizer steps; all-reduce {1000 * result['allreduce_seconds_per_step']:.1f} ms per step")
+    print(f"  projected wall-clock: {result['wall_clock_hours']:.1f} h = {result['wall_clock_days']:.2f} days "
+          f"(compute {result['compute_hours']:.1f} h + all-reduce {result['allreduce_hours']:.1f} h)")
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (speed, memory) = plt.subplots(1, 2, figsize=(10, 4))
+    for system in sorted({r["system"] for r in results}):
+        rows = sorted((r for r in results if r["system"] == system), key=lambda r: r["micro_batch"])
+        micro = [r["micro_batch"] for r in rows]
+        speed.plot(micro, [r["samples_per_s"] for r in rows], marker="o", label=system)
+        memory.plot(micro, [r["memory_bytes"] / MIB for r in rows], marker="o", label=system)
+    speed.set(xlabel="micro-batch", ylabel="samples/s", title="throughput")
+    memory.set(xlabel="micro-batch", ylabel="MiB", title="memory per step")
+    for axis in (speed, memory):
+        axis.legend()
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+# ---------------------------------------------------------------------------- main
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="paper-base")
+    p.add_argument("--config", help="a model config JSON file instead of --preset")
+    p.add_argument("--ds-config", default=str(REPO / "ds_configs" / "pretrain_v100x8.json"),
+                   help="DeepSpeed config (ZeRO stage, precision, optimizer hyper-parameters)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    p.add_argument("--micro-batches", default="1,2", help="comma-separated sweep")
+    p.add_argument("--text-tokens", type=int, default=36)
+    p.add_argument("--regions", type=int, default=36, help="regions per image incl. the global token (36 or 100)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=4, help="timed steps per micro-batch")
+    p.add_argument("--baseline", choices=("hf-eager", "none"), default="hf-eager")
+    p.add_argument("--data", help="a feature store: time real batches through the data path")
+    p.add_argument("--captions", help="caption manifest for --data")
+    p.add_argument("--vocab", help="WordPiece vocab for --data (default: the bundled test vocab)")
+    p.add_argument("--workers", type=int, default=1, help="data-loader workers for --data")
+    p.add_argument("--per-gpu-samples-per-s", type=float,
+                   help="V100 samples/s per GPU for the plan, instead of scaling this run's by peaks")
+    p.add_argument("--json", help="write every figure and the environment here")
+    p.add_argument("--plot", help="write a PNG of samples/s and memory against micro-batch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    try:
+        args.micro_batches = [int(m) for m in args.micro_batches.split(",") if m]
+    except ValueError:
+        p.error(f"--micro-batches {args.micro_batches!r}: give comma-separated integers such as 1,2,4")
+    if not args.micro_batches or min(args.micro_batches) < 1:
+        p.error("--micro-batches needs at least one positive size")
+    if not Path(args.ds_config).is_file():
+        p.error(f"--ds-config {args.ds_config} does not exist")
+    if args.data and not args.captions:
+        p.error("--data needs --captions (the caption manifest of the store)")
+    return args
+
+
+def _free_port() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from interbert.training.distributed import discover_job, init_process_group, job_device
+
+    if "RANK" not in os.environ and "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = _free_port()  # a lone benchmark must not collide with a job
+    placement = discover_job(args.local_rank)
+    device = init_process_group(placement, job_device(placement)).device
+    torch.manual_seed(args.seed)
+    config = InterBertConfig.from_json_file(args.config) if args.config else InterBertConfig.from_preset(args.preset)
+    results = []
+    precision = None
+    for micro in args.micro_batches:
+        ours = Ours(config, args.ds_config, micro, args.precision, device)
+        precision = ours.precision
+        if not results:
+            peak = device_peak(device, precision.dtype) if device.type == "cuda" else \
+                measured_matmul_peak(device, precision.dtype, size=2048)
+            print(f"precision: {precision.name} ({precision.reason})")
+            print(f"optimizer: {ours.optimizer_name}; LayerNorm: {layer_norm_implementation(device)}")
+            print(f"peak: {peak.source}")
+        results.append(measure(ours, batch_source(args, config, micro), config, micro, args, device, peak))
+        del ours
+        gc.collect()
+        if args.baseline == "hf-eager":
+            baseline = HfEager(config, precision.name, device)
+            results.append(measure(baseline, batch_source(args, config, micro), config, micro, args, device, peak))
+            del baseline
+            gc.collect()
+    print()
+    print_table(results)
+    ratio_rows = ratios(results)
+    for row in ratio_rows:
+        print(f"ours / baseline at micro-batch {row['micro_batch']}: samples/s ×{row['samples_per_s']:.2f}, "
+              f"activation memory ×{row['activation_memory']:.2f}, memory ×{row['memory']:.2f}")
+
+    best = max((r for r in results if r["system"] == Ours.name), key=lambda r: r["samples_per_s"])
+    assumptions = PlanAssumptions()
+    if args.per_gpu_samples_per_s:
+        v100_rate = args.per_gpu_samples_per_s
+    else:
+        # same MFU on a V100 as measured here, work per sample rescaled to paper-base
+        paper = InterBertConfig.from_preset("paper-base")
+        work_ratio = sample_flops(config, args.text_tokens, args.regions).total / \
+            sample_flops(paper, args.text_tokens, args.regions).total
+        v100_rate = best["samples_per_s"] * work_ratio * assumptions.v100_peak / peak.flops_per_second
+    bytes_scale = 0.5 if precision.name == "fp32" else 1.0  # activations of an fp32 run, halved for fp16
+    paper_parameters = count_parameters(InterBertForPretraining(InterBertConfig.from_preset("paper-base")))["total"]
+    activation = bytes_scale * best["activation_bytes"] / best["micro_batch"]
+    v100 = plan(paper_parameters, activation, v100_rate, assumptions)
+    print_plan(v100, args.config or args.preset)
+
+    report = {
+        "environment": {**environment(device, precision, peak), "optimizer": best["optimizer"]},
+        "model": {"preset": None if args.config else args.preset, "config": args.config,
+                  "parameters": count_parameters(InterBertForPretraining(config))},
+        "shape": {"text_tokens": args.text_tokens, "regions": args.regions, "data": args.data},
+        "flops_per_sample_paper_base": {
+            "layers": sample_flops(InterBertConfig.from_preset("paper-base"), args.text_tokens, args.regions).layers,
+            "total": sample_flops(InterBertConfig.from_preset("paper-base"), args.text_tokens, args.regions).total,
+        },
+        "results": results,
+        "ratios": ratio_rows,
+        "v100_plan": v100,
+    }
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"\nwrote {args.json}")
+    if args.plot:
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        plot(results, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""benchmarks/throughput.py end to end on the tiny preset, and the arithmetic behind it."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from memory_meter import SavedTensorMeter  # noqa: E402
+from v100_plan import PlanAssumptions, plan  # noqa: E402
+
+from interbert.config import InterBertConfig  # noqa: E402
+from interbert.training.flops import sample_flops  # noqa: E402
+
+RESULT_FIGURES = ("samples_per_s", "tokens_per_s", "ms_per_step", "tflops", "mfu",
+                  "activation_bytes", "model_state_bytes", "memory_bytes", "optimizer")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("throughput")
+    command = [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--preset", "tiny",
+               "--micro-batches", "1,2", "--warmup", "1", "--steps", "2", "--regions", "12",
+               "--text-tokens", "10", "--json", str(out / "t.json"), "--plot", str(out / "t.png")]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    return json.loads((out / "t.json").read_text()), finished.stdout, out
+
+
+def test_every_figure_is_reported_for_both_systems_and_sizes(report):
+    data, stdout, _ = report
+    rows = {(r["system"], r["micro_batch"]) for r in data["results"]}
+    assert rows == {("interbert-ds", 1), ("interbert-ds", 2), ("hf-eager", 1), ("hf-eager", 2)}
+    for row in data["results"]:
+        for figure in RESULT_FIGURES:
+            assert figure in row, figure
+        assert row["samples_per_s"] > 0 and row["activation_bytes"] > 0
+        assert set(row["ms_per_step"]) == {"data", "forward", "backward", "step"}
+        assert 0 < row["mfu"] < 1
+    assert [r["micro_batch"] for r in data["ratios"]] == [1, 2]
+    assert "ours / baseline at micro-batch 2" in stdout
+
+
+def test_the_environment_names_precision_ops_and_peak(report):
+    environment = report[0]["environment"]
+    assert environment["precision"] == "bf16"  # --precision auto on a CPU with the fp16 V100 config
+    assert "torch.optim.AdamW" in environment["optimizer"] or "Fused" in environment["optimizer"]
+    assert environment["peak_flops"] > 0 and "matmul" in environment["peak_source"]
+    for key in ("torch", "deepspeed", "transformers", "device", "layer_norm"):
+        assert environment[key]
+
+
+def test_the_plan_makes_the_global_batch(report):
+    v100 = report[0]["v100_plan"]
+    assert v100["micro_batch"] * v100["gradient_accumulation"] * 8 == 512 == v100["global_batch_check"]
+    assert v100["wall_clock_hours"] > v100["compute_hours"] > 0
+
+
+def test_the_plot_is_written(report):
+    assert (report[2] / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_paper_base_layer_flops_match_the_documented_figure():
+    flops = sample_flops(InterBertConfig.from_preset("paper-base"), text_tokens=36, regions=100)
+    # anchors.md: about 104 GFLOP in the layers per sample at 36 + 100 tokens
+    assert flops.layers == pytest.approx(104e9, rel=0.03)
+
+
+def test_the_plan_picks_the_largest_micro_batch_that_fits():
+    assumptions = PlanAssumptions()
+    gib = 1024 ** 3
+    result = plan(parameters=200_000_000, activation_bytes_per_sample=0.25 * gib,
+                  v100_samples_per_s=100.0, assumptions=assumptions)
+    fits = {row["micro_batch"]: row["fits"] for row in result["rows"]}
+    assert fits == {8: True, 16: True, 32: True, 64: False}
+    assert (result["micro_batch"], result["gradient_accumulation"]) == (32, 2)
+    expected_hours = 20 * 4_777_000 / (8 * 100.0) / 3600
+    assert result["compute_hours"] == pytest.approx(expected_hours)
+
+
+def test_saved_tensor_meter_counts_what_autograd_keeps():
+    x = torch.randn(64, 32, requires_grad=True)
+    weight = torch.nn.Parameter(torch.randn(32, 32))
+    meter = SavedTensorMeter()
+    with meter.counting([weight]):
+        y = torch.nn.functional.gelu(x @ weight)  # saves x (the weight is skipped) and x @ weight
+    assert meter.bytes == 2 * 64 * 32 * 4
+    y.sum().backward()
