@@ -1,0 +1,185 @@
+"""Flickr30K caption-based image retrieval: the 4-way multiple-choice training set.
+
+Input: a caption manifest with splits (Karpathy's: `interbert data captions --format flickr30k`)
+and a feature store of the images (up to 100 regions, paper §3.4). Each training caption c of
+image i gives four pairs, the positive first (label 0):
+
+  (c, i)   (c', i)   (c, i')   (c, h)
+
+c' is a random caption of another image, i' a random other image, and h a hard negative: the
+image that the model itself scored highest for c among a pool of candidates, mined by
+`HardNegativeMiner` on a schedule. Until a caption has been mined, h is another random image
+(counted as `count_hard_fallback` and reported). Random draws come from PCG64(seed, epoch,
+index), so they are the same on resume and in any DataLoader worker.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from interbert.data.feature_store import FeatureStore
+from interbert.data.manifests import read_manifest
+from interbert.data.pretraining_dataset import DatasetError
+from interbert.data.regions import fill_global_token, image_inputs
+from interbert.data.tokenization import load_tokenizer, tokenize_captions
+from interbert.finetuning.batching import pad_regions, pad_texts, sample_rng
+from interbert.finetuning.retrieval import score_all_pairs
+from interbert.finetuning.scoring import PairScorer, embed_in_chunks
+
+NOT_MINED = -1
+
+
+def read_split(manifest: str | os.PathLike, split: str) -> tuple[list, list, list]:
+    """(image_ids, caption texts, caption → image index) of one split of a manifest."""
+    image_index: dict = {}
+    texts, owners = [], []
+    for line_number, entry in read_manifest(manifest):
+        if entry.get("split") != split:
+            continue
+        caption = str(entry["caption"]).strip()
+        if not caption:
+            raise DatasetError(f"{manifest}:{line_number}: empty caption in split {split!r}")
+        owners.append(image_index.setdefault(entry["image_id"], len(image_index)))
+        texts.append(caption)
+    if len(image_index) < 2:
+        raise DatasetError(f"{manifest}: split {split!r} has {len(image_index)} images; 4-way training needs "
+                           "at least 2 (check the manifest's split names)")
+    return list(image_index), texts, owners
+
+
+class Flickr30kTrainSet(torch.utils.data.Dataset):
+    """4-way samples (see the module docstring) over one split of a manifest and a store."""
+
+    def __init__(self, features: str | Path, manifest: str | Path, vocab_file: str | None = None,
+                 split: str = "train", max_regions: int = 100, max_text_len: int = 36, seed: int = 0):
+        self.features_path, self.max_regions, self.seed = str(features), max_regions, seed
+        self.image_ids, self.texts, owners = read_split(manifest, split)
+        missing = FeatureStore(features).missing(self.image_ids)
+        if missing:
+            raise DatasetError(f"{manifest}: {len(missing)} images of split {split!r} are not in feature store "
+                               f"{features} (first: {missing[:3]})")
+        self.caption_to_image = np.asarray(owners, dtype=np.int64)
+        self.captions = tokenize_captions(load_tokenizer(vocab_file), self.texts, max_text_len)
+        # Shared with forked DataLoader workers: the miner's updates reach them without a restart.
+        self.hard_negatives = torch.full((len(self.texts),), NOT_MINED, dtype=torch.long).share_memory_()
+        self.epoch = 0
+        self._store = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def store(self) -> FeatureStore:
+        if self._store is None:
+            self._store = FeatureStore(self.features_path)
+        return self._store
+
+    def image(self, index: int) -> tuple:
+        features, locations, _ = image_inputs(self.store().get(self.image_ids[index]), self.max_regions)
+        fill_global_token(features)
+        return features, locations
+
+    def text(self, index: int) -> tuple:
+        ids = self.captions.get(index)[0].astype(np.int64)
+        return ids, np.zeros_like(ids)
+
+    def _other_image(self, rng, own: int) -> int:
+        other = int(rng.integers(len(self.image_ids) - 1))
+        return other + (other >= own)
+
+    def _other_caption(self, rng, own_image: int) -> int:
+        while True:
+            caption = int(rng.integers(len(self.texts)))
+            if self.caption_to_image[caption] != own_image:
+                return caption
+
+    def __getitem__(self, index: int) -> dict:
+        rng = sample_rng(self.seed, self.epoch, index)
+        own = int(self.caption_to_image[index])
+        other_caption = self._other_caption(rng, own)
+        random_image = self._other_image(rng, own)
+        hard = int(self.hard_negatives[index])
+        fallback = hard == NOT_MINED or hard == own
+        if fallback:
+            hard = self._other_image(rng, own)
+        text, image = self.text(index), self.image(own)
+        return {"texts": [text, self.text(other_caption), text, text],
+                "images": [image, image, self.image(random_image), self.image(hard)],
+                "label": 0, "count_hard_fallback": int(fallback), "count_hard_mined": int(not fallback)}
+
+
+class HardNegativeMiner:
+    """Every `refresh_every` steps, scores the captions this rank will train on next (the next
+    `window` of its sampler's order, across an epoch boundary if need be) against pools of
+    `pool_size` random images (one pool per chunk of `chunk` captions) with the model being
+    trained, and stores each caption's highest-scoring image other than its own."""
+
+    def __init__(self, dataset: Flickr30kTrainSet, sampler, *, pool_size: int, refresh_every: int, window: int,
+                 device: torch.device, dtype: torch.dtype, pair_batch: int = 256, chunk: int = 64, seed: int = 0):
+        if pool_size < 1 or refresh_every < 1:
+            raise ValueError("hard negatives: pool_size and refresh_every must be at least 1")
+        self.dataset, self.sampler = dataset, sampler
+        self.pool_size, self.refresh_every, self.window = pool_size, refresh_every, window
+        self.device, self.dtype, self.pair_batch, self.chunk, self.seed = device, dtype, pair_batch, chunk, seed
+        self.refreshes = 0
+        self.pairs_scored = 0
+
+    def upcoming(self) -> np.ndarray:
+        """The next `window` caption indices of this rank (the sampler's order from its position)."""
+        order = self.sampler.epoch_indices()[self.sampler.consumed:]
+        if order.size < self.window:
+            following = copy.copy(self.sampler)
+            following.epoch, following.consumed = self.sampler.epoch + 1, 0
+            order = np.concatenate([order, following.epoch_indices()])
+        return order[:self.window]
+
+    @torch.no_grad()
+    def refresh(self, model) -> int:
+        """Mine hard negatives for the upcoming captions; returns the pairs scored. Not collective."""
+        was_training = model.training
+        model.eval()
+        try:
+            scorer = PairScorer(model, self.device, self.dtype)
+            captions = self.upcoming()
+            rng = np.random.Generator(np.random.PCG64([self.seed, 7, self.refreshes, self.sampler.rank]))
+            dataset = self.dataset
+            scored = 0
+            for start in range(0, captions.size, self.chunk):
+                chunk = captions[start:start + self.chunk]
+                pool = rng.choice(len(dataset.image_ids), size=min(self.pool_size + 1, len(dataset.image_ids)),
+                                  replace=False)
+                texts = embed_in_chunks(scorer.embed_texts, lambda rows: _text_batch(dataset, rows), list(chunk))
+                images = embed_in_chunks(scorer.embed_images, lambda rows: _image_batch(dataset, rows), list(pool))
+                scores = score_all_pairs(scorer, texts, images, self.pair_batch, collective=False)
+                own = dataset.caption_to_image[chunk]
+                scores[torch.from_numpy(own[:, None] == pool[None, :])] = -1.0
+                best = pool[scores.argmax(dim=1).numpy()]
+                dataset.hard_negatives[torch.from_numpy(chunk)] = torch.from_numpy(best.astype(np.int64))
+                scored += scores.numel()
+        finally:
+            model.train(was_training)
+        self.refreshes += 1
+        self.pairs_scored += scored
+        return scored
+
+    def state_dict(self) -> dict:
+        return {"hard_negatives": self.dataset.hard_negatives.clone(), "refreshes": self.refreshes,
+                "pairs_scored": self.pairs_scored}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.dataset.hard_negatives.copy_(state["hard_negatives"])
+        self.refreshes, self.pairs_scored = int(state["refreshes"]), int(state["pairs_scored"])
+
+
+def _text_batch(dataset: Flickr30kTrainSet, rows) -> dict:
+    return pad_texts([dataset.text(int(r)) for r in rows])
+
+
+def _image_batch(dataset: Flickr30kTrainSet, rows) -> dict:
+    return pad_regions([dataset.image(int(r)) for r in rows])

@@ -1,0 +1,244 @@
+"""The full retrieval evaluation: every caption against every image, both directions.
+
+    result = evaluate_full_retrieval(model, corpus, device=..., dtype=..., two_stage_k=20)
+
+`corpus` is the data package's RetrievalCorpus (decoded region features cached per image).
+Region and text embeddings are computed once (`scoring.PairScorer`); the C×I pairs are cut into
+blocks of captions × images of similar lengths; every rank of an initialised process group
+scores the blocks j ≡ rank (mod world) and one all-reduce gathers the matrix. Text→image and
+image→text R@1/5/10, median and mean rank come from `interbert.evaluation.metrics`.
+
+Two-stage mode (optional, reported separately, never mixed into the full figures): a cheaper
+first stage scores all pairs with each image cut to its global token and its `first_stage_regions`
+most confident regions; then, for every caption, its top-k images and, for every image, its top-k
+captions are re-scored with all regions. Candidates outside a top-k keep their first-stage order
+below the re-scored ones.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from interbert.data.regions import select_regions
+from interbert.evaluation.metrics import chance_metrics, format_table, retrieval_metrics
+from interbert.finetuning.scoring import Embedded, PairScorer, embed_in_chunks, pairs_per_batch
+
+DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of transient activations per forward pass
+
+
+@dataclass
+class RetrievalRun:
+    metrics: dict[str, float]
+    pairs: int
+    seconds: float
+
+    @property
+    def pairs_per_second(self) -> float:
+        return self.pairs / max(self.seconds, 1e-9)
+
+
+@dataclass
+class FullRetrievalResult:
+    full: RetrievalRun
+    chance: dict[str, float]
+    num_captions: int
+    num_images: int
+    pair_batch: int
+    scores: torch.Tensor  # C×I match probabilities
+    two_stage: dict = field(default_factory=dict)  # {"run": RetrievalRun, "top_k", "first_stage_regions", ...}
+
+
+def _world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _sum_over_ranks(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    import torch.distributed as dist
+
+    if _world()[1] == 1:
+        return tensor
+    moved = tensor.to(device)
+    dist.all_reduce(moved)
+    return moved.cpu()
+
+
+def reduced_image_batch(corpus, indices, regions: int) -> dict:
+    """Image inputs cut to the global token and the `regions` most confident kept regions."""
+    batch = corpus.image_batch(indices)
+    keep = np.zeros((len(indices), regions + 1), dtype=np.int64)
+    for row, index in enumerate(indices):
+        record = corpus.store.get(corpus.image_ids[int(index)])
+        kept = int(batch["region_mask"][row].sum()) - 1
+        confidences = record.confidences
+        if confidences is None:
+            order = np.arange(kept)
+        else:
+            selection = select_regions(confidences, record.num_regions, corpus.max_regions)
+            kept_confidences = confidences if selection is None else confidences[selection]
+            order = np.argsort(-kept_confidences[:kept], kind="stable")
+        order = order[:regions]
+        keep[row, 1:1 + order.size] = order + 1
+        keep[row, 1 + order.size:] = 0  # padding rows point at the global token and are masked
+    index = torch.from_numpy(keep)
+    mask = torch.zeros(index.shape, dtype=torch.bool)
+    for row in range(len(indices)):
+        kept = min(int(batch["region_mask"][row].sum()) - 1, regions)
+        mask[row, :kept + 1] = True
+    gather = lambda t: torch.stack([t[row, index[row]] for row in range(len(indices))])  # noqa: E731
+    return {"region_features": gather(batch["region_features"]),
+            "region_locations": gather(batch["region_locations"]), "region_mask": mask}
+
+
+def _blocks(text_order: np.ndarray, image_order: np.ndarray, pair_batch: int) -> list:
+    image_chunk = min(len(image_order), pair_batch)
+    text_chunk = max(1, pair_batch // image_chunk)
+    return [(text_order[t:t + text_chunk], image_order[i:i + image_chunk])
+            for t in range(0, len(text_order), text_chunk)
+            for i in range(0, len(image_order), image_chunk)]
+
+
+def score_all_pairs(scorer: PairScorer, texts: Embedded, images: Embedded, pair_batch: int,
+                    collective: bool = True) -> torch.Tensor:
+    """C×I scores of every pair of the embedded captions and images. Collective: each rank scores
+    its blocks and the matrix is summed over ranks; otherwise this rank scores everything."""
+    rank, world = _world() if collective else (0, 1)
+    text_order = np.argsort(texts.lengths.cpu().numpy(), kind="stable")
+    image_order = np.argsort(images.lengths.cpu().numpy(), kind="stable")
+    scores = torch.zeros(texts.hidden.shape[0], images.hidden.shape[0], dtype=torch.float32)
+    for j, (text_rows, image_rows) in enumerate(_blocks(text_order, image_order, pair_batch)):
+        if j % world != rank:
+            continue
+        text_rows, image_rows = torch.from_numpy(text_rows), torch.from_numpy(image_rows)
+        scores[text_rows[:, None], image_rows[None, :]] = scorer.score_grid(texts, text_rows, images, image_rows)
+    return _sum_over_ranks(scores, scorer.device) if collective else scores
+
+
+def score_pair_list(scorer: PairScorer, texts: Embedded, images: Embedded, text_rows: torch.Tensor,
+                    image_rows: torch.Tensor, pair_batch: int) -> torch.Tensor:
+    """Scores of arbitrary pairs, sorted by padded size into batches; each rank its share."""
+    rank, world = _world()
+    cost = (texts.lengths.cpu()[text_rows] + images.lengths.cpu()[image_rows]).numpy()
+    order = torch.from_numpy(np.argsort(cost, kind="stable"))
+    scores = torch.zeros(text_rows.numel(), dtype=torch.float32)
+    for j, start in enumerate(range(0, order.numel(), pair_batch)):
+        if j % world != rank:
+            continue
+        chunk = order[start:start + pair_batch]
+        scores[chunk] = scorer.score_pairs(texts, text_rows[chunk], images, image_rows[chunk])
+    return _sum_over_ranks(scores, scorer.device)
+
+
+def _embed_corpus(scorer: PairScorer, corpus, reduced_regions: int | None = None) -> tuple[Embedded, Embedded]:
+    texts = embed_in_chunks(scorer.embed_texts, corpus.text_batch, list(range(len(corpus))))
+    if reduced_regions is None:
+        make_images = corpus.image_batch
+    else:
+        make_images = lambda indices: reduced_image_batch(corpus, indices, reduced_regions)  # noqa: E731
+    images = embed_in_chunks(scorer.embed_images, make_images, list(range(len(corpus.image_ids))))
+    return texts, images
+
+
+def _tokens_per_pair(corpus) -> int:
+    longest_caption = int(corpus.captions.lengths().max())
+    return longest_caption + corpus.max_regions + 1
+
+
+def evaluate_full_retrieval(model, corpus, *, device: torch.device | None = None,
+                            dtype: torch.dtype = torch.float32, pair_batch: int | None = None,
+                            memory_budget: int = DEFAULT_MEMORY_BUDGET, two_stage_k: int = 0,
+                            first_stage_regions: int = 10) -> FullRetrievalResult:
+    """All C×I pairs scored, R@1/5/10 and median rank both ways; optionally the two-stage
+    re-ranking as well. `model`: an InterBertForPretraining. Collective when a process group exists."""
+    device = device or torch.device("cpu")
+    num_captions, num_images = len(corpus), len(corpus.image_ids)
+    if pair_batch is None:
+        pair_batch = pairs_per_batch(model.config, _tokens_per_pair(corpus), memory_budget,
+                                     torch.finfo(dtype).bits // 8)
+    caption_image = torch.as_tensor(corpus.caption_to_image, dtype=torch.long)
+    was_training = model.training
+    model.eval()
+    try:
+        scorer = PairScorer(model, device, dtype)
+        start = time.perf_counter()
+        texts, images = _embed_corpus(scorer, corpus)
+        scores = score_all_pairs(scorer, texts, images, pair_batch)
+        full = RetrievalRun(retrieval_metrics(scores, caption_image), num_captions * num_images,
+                            time.perf_counter() - start)
+        result = FullRetrievalResult(full, chance_metrics(num_images, num_captions), num_captions,
+                                     num_images, pair_batch, scores)
+        if two_stage_k:
+            result.two_stage = _two_stage(scorer, corpus, texts, images, caption_image, pair_batch,
+                                          two_stage_k, first_stage_regions)
+    finally:
+        model.train(was_training)
+    return result
+
+
+def _two_stage(scorer, corpus, texts, images, caption_image, pair_batch, k, regions) -> dict:
+    start = time.perf_counter()
+    _, reduced = _embed_corpus(scorer, corpus, reduced_regions=regions)
+    first = score_all_pairs(scorer, texts, reduced, pair_batch)
+    first_seconds = time.perf_counter() - start
+    num_captions, num_images = first.shape
+    k_images, k_captions = min(k, num_images), min(k, num_captions)
+    t2i_top = first.topk(k_images, dim=1).indices  # C×k
+    i2t_top = first.topk(k_captions, dim=0).indices  # k×I
+    candidates = torch.zeros_like(first, dtype=torch.bool)
+    candidates[torch.arange(num_captions)[:, None], t2i_top] = True
+    candidates[i2t_top, torch.arange(num_images)[None, :]] = True
+    text_rows, image_rows = candidates.nonzero(as_tuple=True)
+    rescored = score_pair_list(scorer, texts, images, text_rows, image_rows, pair_batch)
+    full_scores = torch.full_like(first, float("nan"))
+    full_scores[text_rows, image_rows] = rescored
+    # Re-scored candidates rank above everything else (probabilities lie in [0, 1]).
+    t2i = first.clone()
+    t2i_mask = torch.zeros_like(candidates)
+    t2i_mask[torch.arange(num_captions)[:, None], t2i_top] = True
+    t2i[t2i_mask] = 2.0 + full_scores[t2i_mask]
+    i2t = first.clone()
+    i2t_mask = torch.zeros_like(candidates)
+    i2t_mask[i2t_top, torch.arange(num_images)[None, :]] = True
+    i2t[i2t_mask] = 2.0 + full_scores[i2t_mask]
+    metrics = {key: value for key, value in retrieval_metrics(t2i, caption_image).items() if key.startswith("t2i")}
+    metrics.update({key: value for key, value in retrieval_metrics(i2t, caption_image).items()
+                    if key.startswith("i2t")})
+    metrics["rsum"] = 100 * sum(metrics[f"{d}_r@{n}"] for d in ("t2i", "i2t") for n in (1, 5, 10))
+    seconds = time.perf_counter() - start
+    return {"run": RetrievalRun(metrics, num_captions * num_images + int(text_rows.numel()), seconds),
+            "top_k": k, "first_stage_regions": regions, "first_stage_seconds": first_seconds,
+            "rescored_pairs": int(text_rows.numel())}
+
+
+def format_result(result: FullRetrievalResult) -> str:
+    full = result.full
+    lines = [f"full evaluation: {result.num_images} images x {result.num_captions} captions = "
+             f"{full.pairs} pairs in {full.seconds:.1f} s ({full.pairs_per_second:.0f} pairs/s, "
+             f"{result.pair_batch} pairs per forward, {_world()[1]} rank(s))",
+             format_table(full.metrics, result.chance)]
+    if result.two_stage:
+        two = result.two_stage
+        run = two["run"]
+        lines += [f"two-stage (reported separately): first stage with {two['first_stage_regions']} regions "
+                  f"per image over all pairs ({two['first_stage_seconds']:.1f} s), then the top {two['top_k']} "
+                  f"of each caption and image re-scored ({two['rescored_pairs']} pairs); {run.seconds:.1f} s "
+                  f"in all", format_table(run.metrics, result.chance)]
+    return "\n".join(lines)
+
+
+def result_json(result: FullRetrievalResult) -> dict:
+    out = {"images": result.num_images, "captions": result.num_captions, "pairs": result.full.pairs,
+           "seconds": result.full.seconds, "pairs_per_second": result.full.pairs_per_second,
+           "pair_batch": result.pair_batch, "metrics": result.full.metrics, "chance": result.chance}
+    if result.two_stage:
+        two = result.two_stage
+        out["two_stage"] = {"metrics": two["run"].metrics, "seconds": two["run"].seconds,
+                            "top_k": two["top_k"], "first_stage_regions": two["first_stage_regions"],
+                            "rescored_pairs": two["rescored_pairs"]}
+    return out

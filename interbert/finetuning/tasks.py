@@ -1,0 +1,218 @@
+"""The three task families behind `--task`: what each trains on and how each is evaluated.
+
+A Task holds its TaskSpec (the model's head and loss), its training set and collate function,
+an optional hard-negative miner, `evaluate(model)` (collective: every rank calls it together)
+and `notes` (counts of truncated, skipped or fallen-back items, printed at start).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from interbert.evaluation.retrieval import to_device
+from interbert.finetuning import glue as glue_data
+from interbert.finetuning.batching import collate_choices, collate_text
+from interbert.finetuning.metrics import qar_accuracy
+from interbert.finetuning.model import TaskSpec
+from interbert.finetuning.settings import FinetuneSettings
+from interbert.training.distributed import all_gather_objects
+
+DEFAULT_TEXT_LENGTH = {"flickr30k": 36, "vcr": 64, "glue": 128}
+
+
+class TaskInputError(ValueError):
+    """A task's data flags or files are missing or wrong."""
+
+
+def _world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@dataclass
+class Task:
+    spec: TaskSpec
+    train_set: object
+    collate: object
+    evaluate_fn: object  # (model, device, dtype) -> dict[str, float]
+    notes: list = field(default_factory=list)
+    miner_factory: object = None  # (sampler, device, dtype, window) -> HardNegativeMiner
+
+    def evaluate(self, model, device, dtype) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return self.evaluate_fn(model, device, dtype)
+        finally:
+            model.train(was_training)
+
+
+def family(task_name: str) -> str:
+    if task_name in ("flickr30k", "vcr"):
+        return task_name
+    if task_name.startswith("glue-"):
+        glue_data.glue_task(task_name[len("glue-"):])  # raises for an unknown GLUE task
+        return "glue"
+    raise TaskInputError(f"--task {task_name!r}: choose flickr30k, vcr or glue-NAME (NAME one of "
+                         f"{', '.join(glue_data.TASKS)})")
+
+
+def _require(args, *flags: str) -> None:
+    for flag in flags:
+        value = getattr(args, flag)
+        if not value:
+            raise TaskInputError(f"--task {args.task} needs --{flag.replace('_', '-')}")
+        if not Path(value).exists():
+            raise TaskInputError(f"--{flag.replace('_', '-')} {value}: no such file or directory")
+
+
+def _predict(model, dataset, indices, collate, batch_size: int, device, dtype) -> list:
+    """Model outputs (numpy rows) of `dataset[indices]`, in order."""
+    outputs = []
+    for start in range(0, len(indices), batch_size):
+        batch = collate([dataset[int(i)] for i in indices[start:start + batch_size]])
+        batch.pop("labels")
+        batch = {k: v for k, v in batch.items() if not k.startswith("count_")}
+        outputs.extend(model.predict(**to_device(batch, device, dtype)).float().cpu().numpy())
+    return outputs
+
+
+# ---------------------------------------------------------------------- Flickr30K
+def flickr30k_task(args, settings: FinetuneSettings) -> Task:
+    from interbert.evaluation.retrieval import build_retrieval_corpus
+    from interbert.finetuning.flickr30k import Flickr30kTrainSet, HardNegativeMiner
+    from interbert.finetuning.retrieval import evaluate_full_retrieval
+
+    _require(args, "features", "captions")
+    length = settings.max_text_len or DEFAULT_TEXT_LENGTH["flickr30k"]
+    train_set = None
+    if not args.eval_only:
+        train_set = Flickr30kTrainSet(args.features, args.captions, args.vocab, split=args.train_split,
+                                      max_regions=settings.max_regions, max_text_len=length, seed=args.seed)
+    corpus = build_retrieval_corpus(args.features, [args.captions], args.vocab, args.eval_split,
+                                    args.eval_images or None, length, settings.max_regions)
+
+    def evaluate(model, device, dtype):
+        result = evaluate_full_retrieval(model.pretraining, corpus, device=device, dtype=dtype,
+                                         pair_batch=args.pair_batch or None, two_stage_k=args.two_stage_k)
+        metrics = dict(result.full.metrics)
+        metrics.update(eval_seconds=result.full.seconds, eval_pairs_per_second=result.full.pairs_per_second)
+        if result.two_stage:
+            metrics.update({f"two_stage_{k}": v for k, v in result.two_stage["run"].metrics.items()})
+            metrics["two_stage_seconds"] = result.two_stage["run"].seconds
+        return metrics
+
+    miner_factory = None
+    hard = settings.hard_negatives
+    if hard.enabled and train_set is not None:
+        def miner_factory(sampler, device, dtype, window):
+            return HardNegativeMiner(train_set, sampler, pool_size=hard.pool_size, refresh_every=hard.refresh_every,
+                                     window=window, device=device, dtype=dtype, seed=args.seed)
+    notes = [f"evaluation: {len(corpus.image_ids)} images x {len(corpus)} captions of split {args.eval_split!r}"]
+    if train_set is not None:
+        notes.insert(0, f"training: {len(train_set)} captions of {len(train_set.image_ids)} images, 4-way "
+                        f"({settings.retrieval_loss} loss), {int(train_set.captions.truncated.sum())} captions "
+                        f"truncated to {length} word pieces")
+    spec = TaskSpec("flickr30k", "retrieval", retrieval_loss=settings.retrieval_loss)
+    return Task(spec, train_set, collate_choices, evaluate, notes, miner_factory)
+
+
+# ---------------------------------------------------------------------- VCR
+def vcr_task(args, settings: FinetuneSettings, tokenizer) -> Task:
+    from interbert.finetuning.vcr import VcrDataset, read_vcr
+
+    _require(args, "features", "vcr_val")
+    if args.gt_features:
+        _require(args, "gt_features")
+    length = settings.max_text_len or DEFAULT_TEXT_LENGTH["vcr"]
+
+    def dataset(path):
+        return VcrDataset(read_vcr(path), args.features, tokenizer, gt_features=args.gt_features,
+                          max_regions=settings.max_regions, max_length=length)
+
+    train_set = None
+    if not args.eval_only:
+        _require(args, "vcr_train")
+        train_set = dataset(args.vcr_train)
+    val_set = dataset(args.vcr_val)
+
+    def evaluate(model, device, dtype):
+        rank, world = _world()
+        questions = np.arange(len(val_set.annotations))[rank::world]
+        items = np.stack([2 * questions, 2 * questions + 1], axis=1).reshape(-1)
+        scores = _predict(model, val_set, items, collate_choices, args.eval_batch_size, device, dtype)
+        verdicts = []
+        for q, answer_scores, rationale_scores in zip(questions, scores[0::2], scores[1::2]):
+            a = val_set.annotations[q]
+            verdicts.append((int(np.argmax(answer_scores) == a.answer_label),
+                             int(np.argmax(rationale_scores) == a.rationale_label)))
+        verdicts = np.array([v for part in all_gather_objects(verdicts) for v in part]).reshape(-1, 2)
+        return {"q2a_accuracy": float(verdicts[:, 0].mean()), "qa2r_accuracy": float(verdicts[:, 1].mean()),
+                "q2ar_accuracy": qar_accuracy(verdicts[:, 0], verdicts[:, 1]), "questions": float(len(verdicts))}
+
+    notes = [f"evaluation: {len(val_set.annotations)} questions of {args.vcr_val}, "
+             f"{val_set.truncated} choice texts truncated to {length} pieces"]
+    if train_set is not None:
+        notes.insert(0, f"training: {len(train_set.annotations)} questions -> {len(train_set)} 4-way examples "
+                        f"(Q->A and QA->R), {train_set.truncated} choice texts truncated to {length} pieces; "
+                        f"regions: {'ground-truth + ' if args.gt_features else ''}detector, at most "
+                        f"{settings.max_regions}")
+    return Task(TaskSpec("vcr", "multiple_choice"), train_set, collate_choices, evaluate, notes)
+
+
+# ---------------------------------------------------------------------- GLUE
+def glue_task(args, settings: FinetuneSettings, tokenizer) -> Task:
+    task = glue_data.glue_task(args.task[len("glue-"):])
+    _require(args, "glue_dir")
+    length = settings.max_text_len or DEFAULT_TEXT_LENGTH["glue"]
+    directory = Path(args.glue_dir)
+
+    def dataset(name):
+        examples = glue_data.read_glue_tsv(directory / name, task, skip_malformed=args.skip_malformed)
+        return glue_data.GlueDataset(examples, tokenizer, length), examples
+
+    notes = []
+    train_set = None
+    if not args.eval_only:
+        train_set, examples = dataset("train.tsv")
+        notes.append(f"training: {len(train_set)} examples of {examples.path}, {train_set.truncated} at the "
+                     f"{length}-piece limit, {len(examples.skipped)} malformed lines skipped"
+                     + (f" (first: line {examples.skipped[0][0]}: {examples.skipped[0][1]})" if examples.skipped else ""))
+    dev_sets = {}
+    for name in task.dev_files:
+        dev_sets[name], examples = dataset(name)
+        notes.append(f"evaluation: {len(dev_sets[name])} examples of {examples.path}, "
+                     f"{len(examples.skipped)} malformed lines skipped")
+
+    def evaluate(model, device, dtype):
+        rank, world = _world()
+        metrics = {}
+        for name, dev in dev_sets.items():
+            indices = np.arange(len(dev))[rank::world]
+            rows = list(zip(indices.tolist(), _predict(model, dev, indices, collate_text, args.eval_batch_size,
+                                                      device, dtype)))
+            rows = sorted(r for part in all_gather_objects(rows) for r in part)
+            predictions = np.stack([r[1] for r in rows])
+            suffix = "" if len(dev_sets) == 1 else ("_m" if "mismatched" not in name else "_mm")
+            metrics.update({f"{k}{suffix}": v for k, v in glue_data.evaluate_glue(predictions, dev.labels, task).items()})
+        return metrics
+
+    spec = TaskSpec(f"glue-{task.name}", task.kind, num_labels=max(len(task.labels), 1))
+    return Task(spec, train_set, collate_text, evaluate, notes)
+
+
+def build_task(args, settings: FinetuneSettings) -> Task:
+    from interbert.data.tokenization import load_tokenizer
+
+    kind = family(args.task)
+    if kind == "flickr30k":
+        return flickr30k_task(args, settings)
+    tokenizer = load_tokenizer(args.vocab)
+    return vcr_task(args, settings, tokenizer) if kind == "vcr" else glue_task(args, settings, tokenizer)
