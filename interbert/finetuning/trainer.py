@@ -50,10 +50,13 @@ class FinetuneTrainer:
         while True:
             if self._iterator is None:
                 self.loader.set_epoch(self.epoch)
-                with torch.random.fork_rng(devices=[]):
-                    self._iterator = iter(self.loader)
+                self._iterator = iter(self.loader)
             try:
-                return next(self._iterator)
+                # The DataLoader draws a seed from torch's global generator when an epoch starts
+                # (at its first fetch); isolating every fetch keeps the dropout stream the same
+                # whether or not the run was resumed mid-epoch.
+                with torch.random.fork_rng(devices=[]):
+                    return next(self._iterator)
             except StopIteration:
                 self._iterator = None
                 self.epoch += 1

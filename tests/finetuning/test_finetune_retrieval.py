@@ -1,0 +1,84 @@
+"""The full retrieval evaluation gives the naive per-pair scores (same ranks), whatever the
+blocking; two-stage re-ranking of every candidate gives the full figures; mined hard negatives
+are the model's top-scoring other images."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from interbert.data.retrieval import RetrievalCorpus
+from interbert.evaluation.metrics import image_to_text_ranks, retrieval_metrics, text_to_image_ranks
+from interbert.finetuning.retrieval import evaluate_full_retrieval
+
+
+@pytest.fixture(scope="module")
+def corpus(ft_corpus):
+    return RetrievalCorpus(ft_corpus / "features", ft_corpus / "captions.jsonl", split="val", max_regions=12)
+
+
+@pytest.fixture(scope="module")
+def naive_scores(corpus, tiny_model):
+    """Every pair through InterBertForPretraining.itm_score, one pair at a time."""
+    scores = torch.empty(len(corpus), len(corpus.image_ids))
+    with torch.no_grad():
+        for c in range(len(corpus)):
+            for i in range(len(corpus.image_ids)):
+                scores[c, i] = tiny_model.itm_score(**corpus.pair_batch([c], [i]))[0]
+    return scores
+
+
+@pytest.mark.parametrize("pair_batch", [3, 64])
+def test_full_evaluation_equals_naive_per_pair_scoring(corpus, tiny_model, naive_scores, pair_batch):
+    result = evaluate_full_retrieval(tiny_model, corpus, pair_batch=pair_batch)
+    assert result.full.pairs == naive_scores.numel()
+    assert torch.allclose(result.scores, naive_scores, atol=1e-5)
+    owners = torch.as_tensor(corpus.caption_to_image)
+    assert torch.equal(text_to_image_ranks(result.scores, owners), text_to_image_ranks(naive_scores, owners))
+    assert torch.equal(image_to_text_ranks(result.scores, owners), image_to_text_ranks(naive_scores, owners))
+    assert result.full.metrics == retrieval_metrics(naive_scores, owners)
+
+
+def test_two_stage_rescoring_every_candidate_reproduces_the_full_figures(corpus, tiny_model, naive_scores):
+    result = evaluate_full_retrieval(tiny_model, corpus, pair_batch=16, two_stage_k=len(corpus),
+                                     first_stage_regions=2)
+    two = result.two_stage
+    assert two["rescored_pairs"] == naive_scores.numel()
+    assert two["run"].metrics == pytest.approx(result.full.metrics)
+
+
+def test_two_stage_with_a_small_k_ranks_outside_candidates_below_them(corpus, tiny_model):
+    result = evaluate_full_retrieval(tiny_model, corpus, pair_batch=16, two_stage_k=1, first_stage_regions=2)
+    metrics = result.two_stage["run"].metrics
+    # with one candidate per caption, R@1 is the share of captions whose candidate is right and
+    # every other caption's own image lies beyond rank 1
+    assert 0.0 <= metrics["t2i_r@1"] <= 1.0 and metrics["t2i_r@5"] >= metrics["t2i_r@1"]
+    assert result.two_stage["rescored_pairs"] <= len(corpus) + len(corpus.image_ids)
+
+
+def test_mined_hard_negative_is_the_best_scoring_other_image(ft_corpus, tiny_model):
+    from interbert.data.sampling import DistributedShardSampler
+    from interbert.finetuning.flickr30k import Flickr30kTrainSet, HardNegativeMiner
+
+    dataset = Flickr30kTrainSet(ft_corpus / "features", ft_corpus / "captions.jsonl", max_regions=12)
+    sampler = DistributedShardSampler(len(dataset), seed=0)
+    images = len(dataset.image_ids)
+    miner = HardNegativeMiner(dataset, sampler, pool_size=images - 1, refresh_every=1, window=4,
+                              device=torch.device("cpu"), dtype=torch.float32, chunk=2)
+    miner.refresh(tiny_model)
+    upcoming = sampler.epoch_indices()[:4]
+    assert int((dataset.hard_negatives >= 0).sum()) == 4
+    for caption in upcoming:
+        own = int(dataset.caption_to_image[caption])
+        text = dataset.text(int(caption))
+        scores = []
+        with torch.no_grad():
+            for image in range(images):
+                features, locations = dataset.image(image)
+                batch = {"input_ids": torch.from_numpy(text[0])[None], "token_type_ids": torch.from_numpy(text[1])[None],
+                         "text_mask": torch.ones(1, len(text[0]), dtype=torch.bool),
+                         "region_features": torch.from_numpy(features)[None],
+                         "region_locations": torch.from_numpy(locations)[None],
+                         "region_mask": torch.ones(1, len(features), dtype=torch.bool)}
+                scores.append(-1.0 if image == own else float(tiny_model.itm_score(**batch)[0]))
+        assert int(dataset.hard_negatives[caption]) == int(np.argmax(scores))
