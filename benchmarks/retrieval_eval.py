@@ -1,0 +1,140 @@
+#!/usr/bin/env python
+"""Retrieval evaluation speed: our full evaluation against the released evaluation's loop, in
+the same run, on the same model, corpus and threads.
+
+  python benchmarks/retrieval_eval.py --images 40 --preset tiny --json runs/retrieval_eval.json
+
+The released-style loop (as the authors' ViLBERT-derived evaluation does it): all test images'
+features preloaded into one tensor padded to max_regions + 1, captions padded to max_text_len;
+for each caption, batches of 500 images, the caption repeated 500 times, through the model's
+ordinary forward and ITM head. Ours: `interbert.finetuning.retrieval.evaluate_full_retrieval`
+(region and text embeddings once per image / caption, the last extraction layers computed for
+token 0 only, blocks cut to their own longest caption and image, every pair scored). Both score
+all C×I pairs of `--images` images. The released-style loop runs at its own operating point,
+500 images per forward, so it gets `--released-images` (default 500) images of the same
+synthetic distribution and is timed on `--released-captions` captions against all of them
+(pairs/s does not depend on how many captions are timed). Scores of the captions both score
+are compared.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from interbert.config import PRESETS, InterBertConfig  # noqa: E402
+from interbert.data.retrieval import RetrievalCorpus  # noqa: E402
+from interbert.data.synth import synthesize_corpus  # noqa: E402
+from interbert.finetuning.retrieval import evaluate_full_retrieval, format_result  # noqa: E402
+from interbert.modeling import InterBertForPretraining  # noqa: E402
+
+
+def released_style_scores(model, corpus, caption_indices, images_per_batch: int, max_text_len: int) -> torch.Tensor:
+    """Scores of `caption_indices` × all images the released way: fixed padding, the caption
+    repeated against batches of `images_per_batch` preloaded images, the ordinary forward."""
+    num_images = len(corpus.image_ids)
+    images = corpus.image_batch(list(range(num_images)))  # preloaded, as features_all
+    regions = corpus.max_regions + 1
+    fixed = {key: torch.nn.functional.pad(value, (0, 0) * (value.dim() - 2) + (0, regions - value.shape[1]))
+             for key, value in images.items()}
+    scores = torch.empty(len(caption_indices), num_images)
+    with torch.no_grad():
+        for row, caption in enumerate(caption_indices):
+            text = corpus.text_batch([caption])
+            text = {key: torch.nn.functional.pad(value, (0, max_text_len - value.shape[1])) for key, value in text.items()}
+            for start in range(0, num_images, images_per_batch):
+                count = min(images_per_batch, num_images - start)
+                batch = {key: value.expand(count, -1) for key, value in text.items()}
+                batch.update({key: value[start:start + count] for key, value in fixed.items()})
+                scores[row, start:start + count] = model.itm_score(**batch)
+    return scores
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=100, help="test images of our full evaluation (5 captions each)")
+    parser.add_argument("--released-images", type=int, default=500, help="images the released-style loop scores")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument("--max-regions", type=int, default=36)
+    parser.add_argument("--max-text-len", type=int, default=36)
+    parser.add_argument("--released-batch", type=int, default=500, help="images per forward, released loop")
+    parser.add_argument("--released-captions", type=int, default=4, help="captions timed in the released loop")
+    parser.add_argument("--pair-batch", type=int, default=0, help="ours: pairs per forward (0: from memory)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--corpus", help="an existing corpus directory (features/, captions.jsonl)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="write the figures here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(args.corpus) if args.corpus else Path(scratch) / "corpus"
+        largest = max(args.images, args.released_images)
+        if not args.corpus:
+            synthesize_corpus(root, largest + 2, seed=args.seed, val_images=0, test_images=largest, progress=False)
+
+        def load(count):
+            corpus = RetrievalCorpus(root / "features", root / "captions.jsonl", split=args.split, max_images=count,
+                                     max_regions=args.max_regions, max_text_len=args.max_text_len)
+            for index in range(len(corpus.image_ids)):
+                corpus.image(index)  # decoded before timing: the comparison is of the scoring
+            return corpus
+
+        corpus, released_corpus = load(args.images), load(args.released_images)
+        torch.manual_seed(args.seed)
+        model = InterBertForPretraining(InterBertConfig.from_preset(args.preset)).eval()
+        captions, images = len(corpus), len(corpus.image_ids)
+        print(f"{args.preset} preset, {images} images x {captions} captions = {images * captions} pairs, "
+              f"{torch.get_num_threads()} threads")
+
+        ours = evaluate_full_retrieval(model, corpus, pair_batch=args.pair_batch or None)
+        print(format_result(ours))
+
+        timed = list(range(min(args.released_captions, captions)))
+        start = time.perf_counter()
+        released = released_style_scores(model, released_corpus, timed, args.released_batch, args.max_text_len)
+        released_seconds = time.perf_counter() - start
+    released_pairs_per_second = released.numel() / released_seconds
+    # The first images of both corpora are the same images (manifest order).
+    shared = min(images, len(released_corpus.image_ids))
+    difference = float((released[:, :shared] - ours.scores[timed, :shared]).abs().max())
+    ratio = ours.full.pairs_per_second / released_pairs_per_second
+    real_tokens = float(np.mean(corpus.captions.lengths())) + float(np.mean(
+        [corpus.image(i)[0].shape[0] for i in range(images)]))
+    rows = [(f"released-style loop ({min(args.released_batch, len(released_corpus.image_ids))} images per forward)",
+             released.numel(), released_seconds,
+             released_pairs_per_second),
+            ("ours: full evaluation (all pairs)", ours.full.pairs, ours.full.seconds, ours.full.pairs_per_second)]
+    print(f"\n{'method':48}{'pairs':>9}{'seconds':>10}{'pairs/s':>10}")
+    for name, pairs, seconds, rate in rows:
+        print(f"{name:48}{pairs:>9}{seconds:>10.2f}{rate:>10.1f}")
+    print(f"speed-up: {ratio:.1f}x; largest score difference on the {len(timed)} shared captions: {difference:.2e}")
+    print(f"tokens per pair: released pads to {args.max_text_len + args.max_regions + 1}; the corpus averages "
+          f"{real_tokens:.1f} real tokens (captions + regions with the global token)")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({
+            "preset": args.preset, "images": images, "captions": captions, "threads": torch.get_num_threads(),
+            "released": {"pairs": released.numel(), "seconds": released_seconds, "images": len(released_corpus.image_ids),
+                         "pairs_per_second": released_pairs_per_second, "images_per_batch": args.released_batch},
+            "ours": {"pairs": ours.full.pairs, "seconds": ours.full.seconds, "pairs_per_second": ours.full.pairs_per_second,
+                     "pair_batch": ours.pair_batch, "metrics": ours.full.metrics},
+            "speedup": ratio, "max_score_difference": difference,
+            "padded_tokens_per_pair_released": args.max_text_len + args.max_regions + 1,
+            "mean_real_tokens_per_pair": real_tokens}, indent=2) + "\n")
+        print(f"written: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
