@@ -76,31 +76,46 @@ class PairScorer:
         mask = text_batch["text_mask"].to(self.device).bool()
         return Embedded(hidden, mask, mask.sum(1))
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def score_pairs(self, texts: Embedded, text_rows: torch.Tensor, images: Embedded,
                     image_rows: torch.Tensor) -> torch.Tensor:
         """P float32 scores of the pairs (text_rows[p], image_rows[p]) (rows of the Embedded)."""
         text_rows, image_rows = text_rows.to(self.device), image_rows.to(self.device)
         t = int(texts.lengths[text_rows].max())
         r = int(images.lengths[image_rows].max())
-        text_hidden, text_mask = texts.hidden[text_rows, :t], texts.mask[text_rows, :t]
-        region_hidden, region_mask = images.hidden[image_rows, :r], images.mask[image_rows, :r]
+        hidden = torch.cat([images.hidden[image_rows, :r], texts.hidden[text_rows, :t]], dim=1)
+        mask = torch.cat([images.mask[image_rows, :r], texts.mask[text_rows, :t]], dim=1)
+        return self._score_joint(hidden, mask, r)
+
+    @torch.inference_mode()
+    def score_grid(self, texts: Embedded, text_rows: torch.Tensor, images: Embedded,
+                   image_rows: torch.Tensor) -> torch.Tensor:
+        """len(text_rows)×len(image_rows) scores of every combination. The joint input is written
+        once, by broadcasting each image's and each caption's rows into one buffer."""
+        text_rows, image_rows = text_rows.to(self.device), image_rows.to(self.device)
+        t = int(texts.lengths[text_rows].max())
+        r = int(images.lengths[image_rows].max())
+        num_texts, num_images = text_rows.numel(), image_rows.numel()
+        width = images.hidden.shape[-1]
+        hidden = torch.empty(num_texts, num_images, r + t, width, dtype=images.hidden.dtype, device=self.device)
+        hidden[:, :, :r] = images.hidden[image_rows, :r][None]
+        hidden[:, :, r:] = texts.hidden[text_rows, :t][:, None]
+        mask = torch.empty(num_texts, num_images, r + t, dtype=torch.bool, device=self.device)
+        mask[:, :, :r] = images.mask[image_rows, :r][None]
+        mask[:, :, r:] = texts.mask[text_rows, :t][:, None]
+        scores = self._score_joint(hidden.view(-1, r + t, width), mask.view(-1, r + t), r)
+        return scores.view(num_texts, num_images)
+
+    def _score_joint(self, hidden: torch.Tensor, mask: torch.Tensor, r: int) -> torch.Tensor:
+        """hidden: P×(r+t)×H embedded [regions ; text], mask P×(r+t). Returns P float32 scores."""
         backbone = self.backbone
-        joint = backbone.interaction(torch.cat([region_hidden, text_hidden], dim=1),
-                                     torch.cat([region_mask, text_mask], dim=1))
-        image_first = _first_row_of_last_layer(backbone.image_extraction, joint[:, :r], region_mask)
-        text_first = _first_row_of_last_layer(backbone.text_extraction, joint[:, r:], text_mask)
+        joint = backbone.interaction(hidden, mask)
+        image_first = _first_row_of_last_layer(backbone.image_extraction, joint[:, :r], mask[:, :r])
+        text_first = _first_row_of_last_layer(backbone.text_extraction, joint[:, r:], mask[:, r:])
         pooled_image = backbone.image_pooler(image_first[:, None])
         pooled_text = backbone.text_pooler(text_first[:, None])
         logits = self.model.itm_head(pooled_text, pooled_image)
         return logits.float().softmax(-1)[:, ITM_MATCHED].cpu()
-
-    def score_grid(self, texts: Embedded, text_rows: torch.Tensor, images: Embedded,
-                   image_rows: torch.Tensor) -> torch.Tensor:
-        """len(text_rows)×len(image_rows) scores of every combination."""
-        grid_texts = text_rows.repeat_interleave(image_rows.numel())
-        grid_images = image_rows.repeat(text_rows.numel())
-        return self.score_pairs(texts, grid_texts, images, grid_images).view(text_rows.numel(), -1)
 
 
 def embed_in_chunks(embed, make_batch, indices, chunk: int = 256) -> Embedded:
