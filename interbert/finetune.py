@@ -25,7 +25,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import torch  # noqa: E402
 
 from interbert.config import PRESETS, InterBertConfig  # noqa: E402
 from interbert.training.precision import PRECISIONS  # noqa: E402

@@ -58,7 +58,10 @@ def family(task_name: str) -> str:
     if task_name in ("flickr30k", "vcr"):
         return task_name
     if task_name.startswith("glue-"):
-        glue_data.glue_task(task_name[len("glue-"):])  # raises for an unknown GLUE task
+        try:
+            glue_data.glue_task(task_name[len("glue-"):])
+        except ValueError as error:
+            raise TaskInputError(f"--task {task_name}: {error}") from None
         return "glue"
     raise TaskInputError(f"--task {task_name!r}: choose flickr30k, vcr or glue-NAME (NAME one of "
                          f"{', '.join(glue_data.TASKS)})")

@@ -119,3 +119,22 @@ def test_config_section_errors_name_the_key(ft_corpus, tmp_path, run_finetune, d
     status = run_finetune(*_flickr_args(ft_corpus, config, tmp_path / "run", "--max-steps", "1"))
     assert status == 2
     assert "ds.json: finetune: unknown keys ['hard_negative']" in capsys.readouterr().err
+
+
+def test_unknown_task_is_named_with_the_choices(ft_corpus, tmp_path, run_finetune, ds_config_writer, capsys):
+    config = ds_config_writer(tmp_path / "ds.json")
+    assert run_finetune("--task", "glue-wnli", "--deepspeed_config", config, "--preset", "tiny",
+                        "--output-dir", tmp_path / "run") == 2
+    assert "unknown GLUE task 'wnli'; choose one of glue-cola" in capsys.readouterr().err
+
+
+def test_the_script_runs_by_path_as_the_launcher_runs_it():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "interbert/finetune.py", "--help"], cwd=repo, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "--task" in result.stdout and "--local_rank" in result.stdout
