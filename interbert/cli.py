@@ -12,6 +12,7 @@ import sys
 COMMAND_MODULES = (
     "interbert.modeling.commands",  # info, convert-release
     "interbert.data.commands",  # data synth, convert-tsv, convert-npz, captions, verify
+    "interbert.evaluate",  # evaluate retrieval
     "interbert.finetuning.commands",  # finetune
 )
 

@@ -72,19 +72,17 @@ class Trainer:
         self._iterator = None
 
     # ------------------------------------------------------------------ data
-    def _fresh_iterator(self):
-        # Creating a DataLoader iterator draws a seed from torch's global generator; isolating
-        # it keeps the dropout stream identical whether or not the run was resumed mid-epoch.
-        with torch.random.fork_rng(devices=[]):
-            return iter(self.loader)
-
     def _next_batch(self) -> dict:
         while True:
             if self._iterator is None:
                 self.loader.set_epoch(self.epoch)
-                self._iterator = self._fresh_iterator()
+                self._iterator = iter(self.loader)
             try:
-                return next(self._iterator)
+                # A DataLoader draws a seed from torch's global generator when it starts an
+                # epoch; isolating every fetch keeps the dropout stream the same whether or
+                # not the run was resumed mid-epoch.
+                with torch.random.fork_rng(devices=[]):
+                    return next(self._iterator)
             except StopIteration:
                 self._iterator = None
                 self.epoch += 1
