@@ -129,25 +129,21 @@ class Ours:
         return model_state_bytes(self.module, self.engine.optimizer)
 
 
-class HfEager:
-    """benchmarks/hf_baseline.py with plain torch.optim.AdamW; autocast for bf16/fp16."""
+class PlainTorch:
+    """A model and an optimizer in a plain PyTorch loop, no engine: torch.autocast for
+    bf16/fp16 (with a GradScaler for fp16), fp32 weights."""
 
-    name = "hf-eager"
-
-    def __init__(self, config, precision_name, device):
-        from hf_baseline import HfEagerInterBert
-
-        self.module = HfEagerInterBert(config).to(device)
-        self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=1e-4, betas=(0.9, 0.9999),
-                                           eps=1e-6, weight_decay=0.01)
-        self.optimizer_name = "torch.optim.AdamW (defaults: foreach), every parameter decayed"
+    def __init__(self, name, module, optimizer, optimizer_name, precision_name, device):
+        self.name, self.module, self.optimizer = name, module.to(device), optimizer
+        self.optimizer_name = optimizer_name
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision_name)
         self.autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
         self.scaler = torch.amp.GradScaler(device.type) if precision_name == "fp16" else None
 
     def forward(self, batch):
         with self.autocast():
-            return self.module(**batch)
+            output = self.module(**batch)
+        return getattr(output, "loss", output)
 
     def backward(self, loss):
         (self.scaler.scale(loss) if self.scaler else loss).backward()
@@ -162,6 +158,29 @@ class HfEager:
 
     def state_bytes(self):
         return model_state_bytes(self.module, self.optimizer)
+
+
+BASELINE = "hf-eager"
+OURS_PLAIN = "interbert-plain"
+
+
+def hf_eager(config, precision_name, device) -> PlainTorch:
+    """The baseline: benchmarks/hf_baseline.py and torch.optim.AdamW with its defaults."""
+    from hf_baseline import HfEagerInterBert
+
+    module = HfEagerInterBert(config)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4, betas=(0.9, 0.9999), eps=1e-6,
+                                  weight_decay=0.01)
+    return PlainTorch(BASELINE, module, optimizer,
+                      "torch.optim.AdamW (defaults), every parameter decayed", precision_name, device)
+
+
+def ours_plain(config, ds_config_path, precision_name, device) -> PlainTorch:
+    """Our model and optimizer choice outside the engine: splits model + optimizer gains
+    from what the engine's bookkeeping costs."""
+    module = InterBertForPretraining(config)
+    choice = build_optimizer(module, json.loads(Path(ds_config_path).read_text()), device, str(ds_config_path))
+    return PlainTorch(OURS_PLAIN, module, choice.optimizer, choice.implementation, precision_name, device)
 
 
 # ---------------------------------------------------------------------------- measurement
@@ -266,15 +285,18 @@ def print_table(results):
 
 def ratios(results) -> list[dict]:
     ours = {r["micro_batch"]: r for r in results if r["system"] == Ours.name}
-    base = {r["micro_batch"]: r for r in results if r["system"] == HfEager.name}
+    plain = {r["micro_batch"]: r for r in results if r["system"] == OURS_PLAIN}
+    base = {r["micro_batch"]: r for r in results if r["system"] == BASELINE}
     rows = []
-    for micro in sorted(set(ours) & set(base)):
-        rows.append({
-            "micro_batch": micro,
-            "samples_per_s": ours[micro]["samples_per_s"] / base[micro]["samples_per_s"],
-            "activation_memory": ours[micro]["activation_bytes"] / max(base[micro]["activation_bytes"], 1),
-            "memory": ours[micro]["memory_bytes"] / base[micro]["memory_bytes"],
-        })
+    for system, mine in ((Ours.name, ours), (OURS_PLAIN, plain)):
+        for micro in sorted(set(mine) & set(base)):
+            rows.append({
+                "system": system,
+                "micro_batch": micro,
+                "samples_per_s": mine[micro]["samples_per_s"] / base[micro]["samples_per_s"],
+                "activation_memory": mine[micro]["activation_bytes"] / max(base[micro]["activation_bytes"], 1),
+                "memory": mine[micro]["memory_bytes"] / base[micro]["memory_bytes"],
+            })
     return rows
 
 
@@ -333,7 +355,10 @@ def parse_args(argv=None):
     p.add_argument("--regions", type=int, default=36, help="regions per image incl. the global token (36 or 100)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=4, help="timed steps per micro-batch")
-    p.add_argument("--baseline", choices=("hf-eager", "none"), default="hf-eager")
+    p.add_argument("--baseline", choices=(BASELINE, "none"), default=BASELINE)
+    p.add_argument("--without-engine", action="store_true",
+                   help=f"also time our model and optimizer in a plain loop ({OURS_PLAIN}), to "
+                        "separate the model's and the engine's share")
     p.add_argument("--data", help="a feature store: time real batches through the data path")
     p.add_argument("--captions", help="caption manifest for --data")
     p.add_argument("--vocab", help="WordPiece vocab for --data (default: the bundled test vocab)")
@@ -388,16 +413,21 @@ def main(argv=None) -> int:
         results.append(measure(ours, batch_source(args, config, micro), config, micro, args, device, peak))
         del ours
         gc.collect()
-        if args.baseline == "hf-eager":
-            baseline = HfEager(config, precision.name, device)
-            results.append(measure(baseline, batch_source(args, config, micro), config, micro, args, device, peak))
-            del baseline
+        others = []
+        if args.baseline == BASELINE:
+            others.append(lambda: hf_eager(config, precision.name, device))
+        if args.without_engine:
+            others.append(lambda: ours_plain(config, args.ds_config, precision.name, device))
+        for build in others:
+            system = build()
+            results.append(measure(system, batch_source(args, config, micro), config, micro, args, device, peak))
+            del system
             gc.collect()
     print()
     print_table(results)
     ratio_rows = ratios(results)
     for row in ratio_rows:
-        print(f"ours / baseline at micro-batch {row['micro_batch']}: samples/s ×{row['samples_per_s']:.2f}, "
+        print(f"{row['system']} / {BASELINE} at micro-batch {row['micro_batch']}: samples/s ×{row['samples_per_s']:.2f}, "
               f"activation memory ×{row['activation_memory']:.2f}, memory ×{row['memory']:.2f}")
 
     best = max((r for r in results if r["system"] == Ours.name), key=lambda r: r["samples_per_s"])

@@ -41,8 +41,8 @@ def test_every_figure_is_reported_for_both_systems_and_sizes(report):
         assert row["samples_per_s"] > 0 and row["activation_bytes"] > 0
         assert set(row["ms_per_step"]) == {"data", "forward", "backward", "step"}
         assert 0 < row["mfu"] < 1
-    assert [r["micro_batch"] for r in data["ratios"]] == [1, 2]
-    assert "ours / baseline at micro-batch 2" in stdout
+    assert [(r["system"], r["micro_batch"]) for r in data["ratios"]] == [("interbert-ds", 1), ("interbert-ds", 2)]
+    assert "interbert-ds / hf-eager at micro-batch 2" in stdout
 
 
 def test_the_environment_names_precision_ops_and_peak(report):
