@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The shape of the paper's Tables 1 and 2 at CPU scale, on the synthetic corpus.
 
-  python benchmarks/paper_tables.py --seeds 2 --pretrain-steps 150 --finetune-steps 80 \\
+  python benchmarks/paper_tables.py --seeds 2 --pretrain-steps 100 --finetune-steps 40 \\
       --json runs/paper_tables.json
 
 For each seed: a synthetic corpus; two tiny models pretrained from the same initial weights,
@@ -154,13 +154,13 @@ def format_tables(per_seed: list, chance: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--images", type=int, default=300, help="synthetic images per seed (5 captions each)")
-    parser.add_argument("--test-images", type=int, default=50)
-    parser.add_argument("--pretrain-steps", type=int, default=150)
-    parser.add_argument("--pretrain-batch", type=int, default=32)
+    parser.add_argument("--images", type=int, default=160, help="synthetic images per seed (5 captions each)")
+    parser.add_argument("--test-images", type=int, default=20)
+    parser.add_argument("--pretrain-steps", type=int, default=100)
+    parser.add_argument("--pretrain-batch", type=int, default=16)
     parser.add_argument("--pretrain-lr", type=float, default=5e-4)
-    parser.add_argument("--finetune-steps", type=int, default=80)
-    parser.add_argument("--finetune-batch", type=int, default=8, help="captions per step (x4 pairs)")
+    parser.add_argument("--finetune-steps", type=int, default=40)
+    parser.add_argument("--finetune-batch", type=int, default=4, help="captions per step (x4 pairs)")
     parser.add_argument("--finetune-lr", type=float, default=2e-4)
     parser.add_argument("--pool-size", type=int, default=8, help="hard-negative candidate images")
     parser.add_argument("--refresh-every", type=int, default=20, help="steps between hard-negative refreshes")

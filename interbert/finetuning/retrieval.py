@@ -24,6 +24,7 @@ import torch
 
 from interbert.data.regions import select_regions
 from interbert.evaluation.metrics import chance_metrics, format_table, retrieval_metrics
+from interbert.finetuning.batching import pad_regions
 from interbert.finetuning.scoring import Embedded, PairScorer, embed_in_chunks, pairs_per_batch
 
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of transient activations per forward pass
@@ -51,7 +52,8 @@ class FullRetrievalResult:
     two_stage: dict = field(default_factory=dict)  # {"run": RetrievalRun, "top_k", "first_stage_regions", ...}
 
 
-def _world() -> tuple[int, int]:
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the process group, (0, 1) without one."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -62,7 +64,7 @@ def _world() -> tuple[int, int]:
 def _sum_over_ranks(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     import torch.distributed as dist
 
-    if _world()[1] == 1:
+    if rank_and_world()[1] == 1:
         return tensor
     moved = tensor.to(device)
     dist.all_reduce(moved)
@@ -70,30 +72,21 @@ def _sum_over_ranks(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def reduced_image_batch(corpus, indices, regions: int) -> dict:
-    """Image inputs cut to the global token and the `regions` most confident kept regions."""
-    batch = corpus.image_batch(indices)
-    keep = np.zeros((len(indices), regions + 1), dtype=np.int64)
-    for row, index in enumerate(indices):
+    """Image inputs cut to the global token (kept as computed from all regions) and the
+    `regions` most confident kept regions of each image."""
+    rows = []
+    for index in indices:
+        features, locations = corpus.image(int(index))
         record = corpus.store.get(corpus.image_ids[int(index)])
-        kept = int(batch["region_mask"][row].sum()) - 1
-        confidences = record.confidences
-        if confidences is None:
-            order = np.arange(kept)
+        if record.confidences is None:
+            order = np.arange(features.shape[0] - 1)
         else:
-            selection = select_regions(confidences, record.num_regions, corpus.max_regions)
-            kept_confidences = confidences if selection is None else confidences[selection]
-            order = np.argsort(-kept_confidences[:kept], kind="stable")
-        order = order[:regions]
-        keep[row, 1:1 + order.size] = order + 1
-        keep[row, 1 + order.size:] = 0  # padding rows point at the global token and are masked
-    index = torch.from_numpy(keep)
-    mask = torch.zeros(index.shape, dtype=torch.bool)
-    for row in range(len(indices)):
-        kept = min(int(batch["region_mask"][row].sum()) - 1, regions)
-        mask[row, :kept + 1] = True
-    gather = lambda t: torch.stack([t[row, index[row]] for row in range(len(indices))])  # noqa: E731
-    return {"region_features": gather(batch["region_features"]),
-            "region_locations": gather(batch["region_locations"]), "region_mask": mask}
+            selection = select_regions(record.confidences, record.num_regions, corpus.max_regions)
+            kept = record.confidences if selection is None else record.confidences[selection]
+            order = np.argsort(-kept, kind="stable")
+        keep = np.concatenate([[0], order[:regions] + 1])
+        rows.append((features[keep].astype(np.float32), locations[keep]))
+    return pad_regions(rows)
 
 
 def _blocks(text_order: np.ndarray, image_order: np.ndarray, pair_batch: int) -> list:
@@ -108,7 +101,7 @@ def score_all_pairs(scorer: PairScorer, texts: Embedded, images: Embedded, pair_
                     collective: bool = True) -> torch.Tensor:
     """C×I scores of every pair of the embedded captions and images. Collective: each rank scores
     its blocks and the matrix is summed over ranks; otherwise this rank scores everything."""
-    rank, world = _world() if collective else (0, 1)
+    rank, world = rank_and_world() if collective else (0, 1)
     text_order = np.argsort(texts.lengths.cpu().numpy(), kind="stable")
     image_order = np.argsort(images.lengths.cpu().numpy(), kind="stable")
     scores = torch.zeros(texts.hidden.shape[0], images.hidden.shape[0], dtype=torch.float32)
@@ -123,7 +116,7 @@ def score_all_pairs(scorer: PairScorer, texts: Embedded, images: Embedded, pair_
 def score_pair_list(scorer: PairScorer, texts: Embedded, images: Embedded, text_rows: torch.Tensor,
                     image_rows: torch.Tensor, pair_batch: int) -> torch.Tensor:
     """Scores of arbitrary pairs, sorted by padded size into batches; each rank its share."""
-    rank, world = _world()
+    rank, world = rank_and_world()
     cost = (texts.lengths.cpu()[text_rows] + images.lengths.cpu()[image_rows]).numpy()
     order = torch.from_numpy(np.argsort(cost, kind="stable"))
     scores = torch.zeros(text_rows.numel(), dtype=torch.float32)
@@ -220,7 +213,7 @@ def format_result(result: FullRetrievalResult) -> str:
     full = result.full
     lines = [f"full evaluation: {result.num_images} images x {result.num_captions} captions = "
              f"{full.pairs} pairs in {full.seconds:.1f} s ({full.pairs_per_second:.0f} pairs/s, "
-             f"{result.pair_batch} pairs per forward, {_world()[1]} rank(s))",
+             f"{result.pair_batch} pairs per forward, {rank_and_world()[1]} rank(s))",
              format_table(full.metrics, result.chance)]
     if result.two_stage:
         two = result.two_stage

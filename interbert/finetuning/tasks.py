@@ -17,6 +17,7 @@ from interbert.finetuning import glue as glue_data
 from interbert.finetuning.batching import collate_choices, collate_text
 from interbert.finetuning.metrics import qar_accuracy
 from interbert.finetuning.model import TaskSpec
+from interbert.finetuning.retrieval import rank_and_world
 from interbert.finetuning.settings import FinetuneSettings
 from interbert.training.distributed import all_gather_objects
 
@@ -25,14 +26,6 @@ DEFAULT_TEXT_LENGTH = {"flickr30k": 36, "vcr": 64, "glue": 128}
 
 class TaskInputError(ValueError):
     """A task's data flags or files are missing or wrong."""
-
-
-def _world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 @dataclass
@@ -147,7 +140,7 @@ def vcr_task(args, settings: FinetuneSettings, tokenizer) -> Task:
     val_set = dataset(args.vcr_val)
 
     def evaluate(model, device, dtype):
-        rank, world = _world()
+        rank, world = rank_and_world()
         questions = np.arange(len(val_set.annotations))[rank::world]
         items = np.stack([2 * questions, 2 * questions + 1], axis=1).reshape(-1)
         scores = _predict(model, val_set, items, collate_choices, args.eval_batch_size, device, dtype)
@@ -195,7 +188,7 @@ def glue_task(args, settings: FinetuneSettings, tokenizer) -> Task:
                      f"{len(examples.skipped)} malformed lines skipped")
 
     def evaluate(model, device, dtype):
-        rank, world = _world()
+        rank, world = rank_and_world()
         metrics = {}
         for name, dev in dev_sets.items():
             indices = np.arange(len(dev))[rank::world]
