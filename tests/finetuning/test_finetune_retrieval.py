@@ -82,3 +82,29 @@ def test_mined_hard_negative_is_the_best_scoring_other_image(ft_corpus, tiny_mod
                          "region_mask": torch.ones(1, len(features), dtype=torch.bool)}
                 scores.append(-1.0 if image == own else float(tiny_model.itm_score(**batch)[0]))
         assert int(dataset.hard_negatives[caption]) == int(np.argmax(scores))
+
+
+def _score_on_rank(rank: int, world: int, init_file: str, corpus_dir: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from interbert.modeling import InterBertConfig, InterBertForPretraining
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = InterBertForPretraining(InterBertConfig.from_preset("tiny")).eval()
+    corpus = RetrievalCorpus(f"{corpus_dir}/features", f"{corpus_dir}/captions.jsonl", split="val", max_regions=12)
+    result = evaluate_full_retrieval(model, corpus, pair_batch=5)
+    torch.save(result.scores, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_two_ranks_share_the_pairs_and_gather_the_same_matrix(ft_corpus, tiny_model, corpus, tmp_path):
+    import torch.multiprocessing as mp
+
+    torch.manual_seed(0)
+    single = evaluate_full_retrieval(tiny_model, corpus, pair_batch=5).scores
+    out = str(tmp_path / "scores")
+    mp.spawn(_score_on_rank, args=(2, str(tmp_path / "init"), str(ft_corpus), out), nprocs=2)
+    for rank in (0, 1):
+        assert torch.allclose(torch.load(f"{out}.{rank}"), single, atol=1e-5)
