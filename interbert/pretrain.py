@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--max-steps", type=int, help="optimizer steps to train")
     length.add_argument("--epochs", type=float,
                         help="epochs to train (default: the scheduler's total_num_steps)")
+    run.add_argument("--fit-schedule", action="store_true",
+                     help="stretch the config's learning-rate schedule (total_num_steps, and "
+                          "warm-up in proportion) to this run's length")
     run.add_argument("--save-every", type=int, default=1000, help="checkpoint every N steps (0: end only)")
     run.add_argument("--keep-last", type=int, default=3, help="checkpoints to keep (0: all)")
     run.add_argument("--log-every", type=int, default=50, help="console and TensorBoard every N steps")
@@ -198,12 +201,28 @@ def train(args, env, ds_config, precision, model_config, output_dir, checkpoint_
 
     from interbert.modeling.layer_norm import layer_norm_implementation
     from interbert.training import ds_config as dsc
-    from interbert.training.corpus import build_run_data
     from interbert.evaluation.retrieval import build_retrieval_corpus
+    from interbert.training.corpus import build_run_data
     from interbert.training.flops import device_peak
     from interbert.training.monitor import Monitor
     from interbert.training.optimizer import build_optimizer
     from interbert.training.trainer import Schedule, Trainer
+
+    data = build_run_data(
+        features=args.features, captions=args.captions, vocab=args.vocab,
+        model_config=model_config, micro_batch=ds_config["train_micro_batch_size_per_gpu"],
+        rank=env.rank, world_size=env.world_size, num_workers=args.num_workers, seed=args.seed,
+        max_text_len=args.max_text_len, max_regions=args.max_regions,
+        validation_split=args.validation_split or None)
+    retrieval = None
+    if args.eval_images and args.validation_split:
+        retrieval = build_retrieval_corpus(args.features, args.captions, args.vocab,
+                                           args.validation_split, args.eval_images,
+                                           args.max_text_len, args.max_regions)
+    steps_per_epoch = max(len(data.train) // ds_config["gradient_accumulation_steps"], 1)
+    max_steps = plan_steps(args, ds_config, steps_per_epoch, args.deepspeed_config)
+    if args.fit_schedule:
+        say(dsc.fit_schedule(ds_config, max_steps, args.deepspeed_config))
 
     seed_everything(args.seed)  # the same initial weights on every rank
     model = build_model(args, model_config, say)
@@ -216,21 +235,6 @@ def train(args, env, ds_config, precision, model_config, output_dir, checkpoint_
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=choice.optimizer,
                                            config=dsc.for_engine(ds_config))
     seed_everything(args.seed + env.rank)  # distinct dropout streams per rank
-
-    data = build_run_data(
-        features=args.features, captions=args.captions, vocab=args.vocab,
-        model_config=model_config, micro_batch=engine.train_micro_batch_size_per_gpu(),
-        rank=env.rank, world_size=env.world_size, num_workers=args.num_workers, seed=args.seed,
-        max_text_len=args.max_text_len, max_regions=args.max_regions,
-        validation_split=args.validation_split or None)
-    retrieval = None
-    if args.eval_images and args.validation_split:
-        retrieval = build_retrieval_corpus(args.features, args.captions, args.vocab,
-                                           args.validation_split, args.eval_images,
-                                           args.max_text_len, args.max_regions)
-    accumulation = engine.gradient_accumulation_steps()
-    steps_per_epoch = max(len(data.train) // accumulation, 1)
-    max_steps = plan_steps(args, ds_config, steps_per_epoch, args.deepspeed_config)
 
     peak = device_peak(env.device, precision.dtype)
     monitor = Monitor(output_dir, enabled=env.is_main, tensorboard=dsc.tensorboard_enabled(ds_config))

@@ -85,6 +85,21 @@ def scheduler_total_steps(config: dict) -> int | None:
     return params.get("total_num_steps")
 
 
+def fit_schedule(config: dict, total_steps: int, path: str | Path) -> str:
+    """Rescale a WarmupDecayLR schedule to `total_steps` (warm-up in proportion), in place;
+    returns what was done, in words."""
+    scheduler = config.get("scheduler", {})
+    params = scheduler.get("params", {})
+    if scheduler.get("type") != "WarmupDecayLR" or "total_num_steps" not in params:
+        raise ConfigError(f"--fit-schedule: {path} has no WarmupDecayLR scheduler with "
+                          "total_num_steps to stretch")
+    old_total, old_warmup = params["total_num_steps"], params.get("warmup_num_steps", 0)
+    params["total_num_steps"] = total_steps
+    params["warmup_num_steps"] = max(1, round(old_warmup * total_steps / old_total))
+    return (f"schedule fitted to the run: total_num_steps {old_total} -> {total_steps}, "
+            f"warmup_num_steps {old_warmup} -> {params['warmup_num_steps']}")
+
+
 def total_steps_for_epochs(pairs: int, epochs: float, train_batch_size: int) -> int:
     """Optimizer steps for `epochs` passes over `pairs` pairs at a global batch size."""
     return math.ceil(epochs * pairs / train_batch_size)
