@@ -98,10 +98,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError("give --preset or --model-config, not both")
     if args.init_model and args.init_bert:
         raise UsageError("--init-model and --init-bert both initialise the model; choose one")
-    for flag in ("model_config",):
-        value = getattr(args, flag)
-        if value and not Path(value).is_file():
-            raise UsageError(f"--{flag.replace('_', '-')} {value}: no such file")
+    if args.model_config and not Path(args.model_config).is_file():
+        raise UsageError(f"--model-config {args.model_config}: no such file")
     for flag in ("init_bert", "init_model"):
         value = getattr(args, flag)
         if value and not Path(value).is_dir():

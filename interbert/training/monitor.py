@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -119,7 +118,3 @@ class StepTimer:
 
     def elapsed(self) -> float:
         return max(time.perf_counter() - self.window_start - self.excluded, 1e-9)
-
-
-def warn(message: str) -> None:
-    print(f"[pretrain] warning: {message}", file=sys.stderr, flush=True)
