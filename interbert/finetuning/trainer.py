@@ -16,6 +16,7 @@ import torch
 from interbert.evaluation.retrieval import to_device
 from interbert.finetuning.batching import split_counters
 from interbert.finetuning.ema import EMA_FILE
+from interbert.training.batches import fetch_across_epochs
 from interbert.training import checkpoint
 from interbert.training.distributed import all_reduce_sum, barrier
 from interbert.training.monitor import Monitor, StepTimer, format_duration
@@ -47,19 +48,8 @@ class FinetuneTrainer:
 
     # ------------------------------------------------------------------ data
     def _next_batch(self) -> dict:
-        while True:
-            if self._iterator is None:
-                self.loader.set_epoch(self.epoch)
-                self._iterator = iter(self.loader)
-            try:
-                # The DataLoader draws a seed from torch's global generator when an epoch starts
-                # (at its first fetch); isolating every fetch keeps the dropout stream the same
-                # whether or not the run was resumed mid-epoch.
-                with torch.random.fork_rng(devices=[]):
-                    return next(self._iterator)
-            except StopIteration:
-                self._iterator = None
-                self.epoch += 1
+        batch, self._iterator, self.epoch = fetch_across_epochs(self.loader, self._iterator, self.epoch)
+        return batch
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> Path:

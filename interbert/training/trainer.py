@@ -16,6 +16,7 @@ import torch
 
 from interbert.config import InterBertConfig
 from interbert.evaluation.retrieval import evaluate_retrieval, to_device
+from interbert.training.batches import fetch_across_epochs
 from interbert.training import checkpoint
 from interbert.training.distributed import DistributedEnvironment, all_reduce_sum
 from interbert.training.flops import Peak, batch_flops
@@ -73,19 +74,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
     def _next_batch(self) -> dict:
-        while True:
-            if self._iterator is None:
-                self.loader.set_epoch(self.epoch)
-                self._iterator = iter(self.loader)
-            try:
-                # A DataLoader draws a seed from torch's global generator when it starts an
-                # epoch; isolating every fetch keeps the dropout stream the same whether or
-                # not the run was resumed mid-epoch.
-                with torch.random.fork_rng(devices=[]):
-                    return next(self._iterator)
-            except StopIteration:
-                self._iterator = None
-                self.epoch += 1
+        batch, self._iterator, self.epoch = fetch_across_epochs(self.loader, self._iterator, self.epoch)
+        return batch
 
     # ------------------------------------------------------------------ resume
     def resume(self) -> None:
