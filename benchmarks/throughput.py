@@ -18,7 +18,6 @@ import gc
 import json
 import os
 import platform
-import socket
 import sys
 import time
 from contextlib import nullcontext
@@ -383,18 +382,10 @@ def parse_args(argv=None):
     return args
 
 
-def _free_port() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return str(probe.getsockname()[1])
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     from interbert.training.distributed import discover_job, init_process_group, job_device
 
-    if "RANK" not in os.environ and "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = _free_port()  # a lone benchmark must not collide with a job
     placement = discover_job(args.local_rank)
     device = init_process_group(placement, job_device(placement)).device
     torch.manual_seed(args.seed)

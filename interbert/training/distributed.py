@@ -10,6 +10,7 @@ Three ways in:
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -75,6 +76,13 @@ class JobPlacement:
     launcher: str  # "deepspeed/torchrun", "mpirun" or "single process"
 
 
+def free_port() -> str:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
+
+
 def discover_job(local_rank_flag: int | None = None) -> JobPlacement:
     """Read (and for mpirun, set) RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT.
 
@@ -88,7 +96,9 @@ def discover_job(local_rank_flag: int | None = None) -> JobPlacement:
         launcher = "single process"
         os.environ.update(RANK="0", WORLD_SIZE="1")
         os.environ.setdefault("MASTER_ADDR", DEFAULT_MASTER_ADDR)
-        os.environ.setdefault("MASTER_PORT", DEFAULT_MASTER_PORT)
+        # A world of one rendezvous with nobody: any free port will do, and a fixed one would
+        # collide with another job on the same machine.
+        os.environ.setdefault("MASTER_PORT", free_port())
     os.environ.setdefault("LOCAL_RANK", str(local_rank_flag or 0))
     world_size = int(os.environ["WORLD_SIZE"])
     local_size = int(os.environ.get("LOCAL_SIZE") or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE")

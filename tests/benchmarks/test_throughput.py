@@ -1,5 +1,6 @@
 """benchmarks/throughput.py end to end on the tiny preset, and the arithmetic behind it."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,10 @@ def report(tmp_path_factory):
     command = [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--preset", "tiny",
                "--micro-batches", "1,2", "--warmup", "1", "--steps", "2", "--regions", "12",
                "--text-tokens", "10", "--json", str(out / "t.json"), "--plot", str(out / "t.png")]
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
+    # a clean world of one: no rank or rendezvous left in the environment by other tests
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
     assert finished.returncode == 0, finished.stderr[-3000:]
     return json.loads((out / "t.json").read_text()), finished.stdout, out
 
