@@ -24,7 +24,7 @@ def run_synth(args: argparse.Namespace) -> int:
     class_probs = {"auto": None, "on": True, "off": False}[args.class_probs]
     summary = synthesize_corpus(args.out, args.images, seed=args.seed, captions_per_image=args.captions_per_image,
                                 val_images=args.val_images, test_images=args.test_images, class_probs=class_probs,
-                                overwrite=args.overwrite)
+                                overwrite=args.overwrite, num_objects=args.objects)
     print(f"wrote {args.out}: features/ ({summary['images']} images), captions.jsonl ({summary['captions']} "
           f"captions; {summary['splits']}), corpus.json")
     return 0
@@ -102,6 +102,8 @@ def register(subparsers) -> None:
     synth.add_argument("--images", type=int, required=True, help="number of images")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--captions-per-image", type=int, default=5)
+    synth.add_argument("--objects", type=int, default=60,
+                       help="object classes to draw from (5-60, default 60); fewer are learnt in fewer steps")
     synth.add_argument("--val-images", type=int, default=None, help="default: 100 from 1,000 images up, else N/10")
     synth.add_argument("--test-images", type=int, default=None, help="default: 100 from 1,000 images up, else N/10")
     synth.add_argument("--class-probs", choices=("auto", "on", "off"), default="auto",

@@ -53,9 +53,9 @@ def default_split_sizes(num_images: int) -> tuple:
 
 
 class _Prototypes:
-    def __init__(self, rng: np.random.Generator, feature_size: int):
+    def __init__(self, rng: np.random.Generator, feature_size: int, num_objects: int):
         # Non-negative and sparse-ish, like the ReLU outputs of a Faster R-CNN head.
-        self.objects = np.maximum(rng.normal(0.0, 1.0, (len(OBJECT_WORDS), feature_size)), 0.0) * 1.5
+        self.objects = np.maximum(rng.normal(0.0, 1.0, (num_objects, feature_size)), 0.0) * 1.5
         self.colours = np.maximum(rng.normal(0.0, 1.0, (len(COLOUR_WORDS), feature_size)), 0.0) * 0.6
 
 
@@ -70,9 +70,10 @@ def _jittered(box: np.ndarray, rng: np.random.Generator, width: float, height: f
 
 def synth_image(image_id: str, rng: np.random.Generator, prototypes: _Prototypes, class_probs: bool) -> tuple:
     """One synthetic image: its RegionRecord and the (object, colour) indices of its main objects."""
+    num_words = prototypes.objects.shape[0]
     width, height = float(rng.integers(400, 801)), float(rng.integers(300, 601))
     num_objects = int(rng.integers(3, 6))
-    objects = rng.choice(len(OBJECT_WORDS), size=num_objects, replace=False)
+    objects = rng.choice(num_words, size=num_objects, replace=False)
     colours = rng.integers(len(COLOUR_WORDS), size=num_objects)
     boxes, kinds, confidences = [], [], []
     for obj, colour in zip(objects, colours):
@@ -84,7 +85,7 @@ def synth_image(image_id: str, rng: np.random.Generator, prototypes: _Prototypes
             kinds.append((obj, colour))
             confidences.append(rng.uniform(0.6, 0.99))
     total = max(len(boxes), int(rng.integers(10, 37)))
-    others = np.setdiff1d(np.arange(len(OBJECT_WORDS)), objects)
+    others = np.setdiff1d(np.arange(num_words), objects)
     while len(boxes) < total:  # small, unmentioned clutter
         w, h = rng.uniform(0.05, 0.15) * width, rng.uniform(0.05, 0.15) * height
         x, y = rng.uniform(0, width - w), rng.uniform(0, height - h)
@@ -98,7 +99,7 @@ def synth_image(image_id: str, rng: np.random.Generator, prototypes: _Prototypes
     probs = None
     if class_probs:
         probs = np.zeros((len(boxes), DEFAULT_NUM_CLASSES), dtype=np.float32)
-        probs[:, 1:len(OBJECT_WORDS) + 1] = rng.uniform(0.0, 1.0, (len(boxes), len(OBJECT_WORDS))) ** 4
+        probs[:, 1:num_words + 1] = rng.uniform(0.0, 1.0, (len(boxes), num_words)) ** 4
         probs[np.arange(len(boxes)), labels] = 8.0
         probs /= probs.sum(axis=1, keepdims=True)
     record = RegionRecord(image_id=image_id, width=width, height=height, features=features.astype(np.float16),
@@ -122,8 +123,13 @@ def synth_captions(objects: list, count: int, rng: np.random.Generator) -> list:
 
 def synthesize_corpus(out_dir: str | os.PathLike, num_images: int, seed: int = 0, captions_per_image: int = 5,
                       val_images: Optional[int] = None, test_images: Optional[int] = None,
-                      class_probs: Optional[bool] = None, overwrite: bool = False, progress: bool = True) -> dict:
+                      class_probs: Optional[bool] = None, overwrite: bool = False, progress: bool = True,
+                      num_objects: int = len(OBJECT_WORDS)) -> dict:
     """Write a synthetic corpus to ``out_dir`` (built under a temporary name, renamed at the end).
+
+    num_objects: use the first ``num_objects`` of ``OBJECT_WORDS``. Fewer, more often seen
+    objects are learnt in fewer steps (the CPU demo uses 12: a from-scratch model starts to
+    match words to regions after about 1,000 steps there, and not within 2,500 with all 60).
 
     class_probs: store class distributions (default: when num_images <= 20,000, as they take
     ~3 KB per region). Returns a summary dict (also written to ``corpus.json``).
@@ -137,9 +143,12 @@ def synthesize_corpus(out_dir: str | os.PathLike, num_images: int, seed: int = 0
     if num_images - val_images - test_images < 2:
         raise ValueError(f"{num_images} images leave fewer than 2 for training after {val_images} val and "
                          f"{test_images} test images; ask for more images")
+    if not 5 <= num_objects <= len(OBJECT_WORDS):
+        raise ValueError(f"num_objects is {num_objects}; choose between 5 (an image holds up to 5 objects) "
+                         f"and {len(OBJECT_WORDS)}")
     class_probs = num_images <= 20000 if class_probs is None else class_probs
     rng = np.random.Generator(np.random.PCG64([seed, 0]))
-    prototypes = _Prototypes(rng, SYNTH_FEATURE_SIZE)
+    prototypes = _Prototypes(rng, SYNTH_FEATURE_SIZE, num_objects)
     tmp = Path(f"{out_dir}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -159,8 +168,8 @@ def synthesize_corpus(out_dir: str | os.PathLike, num_images: int, seed: int = 0
         write_manifest(tmp / "captions.jsonl", entries)
         summary = {"images": num_images, "captions": len(entries), "seed": seed,
                    "splits": {s: sum(e["split"] == s for e in entries) for s in ("train", "val", "test")},
-                   "class_probs": class_probs, "objects": OBJECT_WORDS, "colours": COLOUR_WORDS,
-                   "object_labels": {w: i + 1 for i, w in enumerate(OBJECT_WORDS)}}
+                   "class_probs": class_probs, "objects": OBJECT_WORDS[:num_objects], "colours": COLOUR_WORDS,
+                   "object_labels": {w: i + 1 for i, w in enumerate(OBJECT_WORDS[:num_objects])}}
         (tmp / "corpus.json").write_text(json.dumps(summary, indent=1))
         if out_dir.exists():
             shutil.rmtree(out_dir)

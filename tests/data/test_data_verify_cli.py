@@ -90,3 +90,21 @@ def test_existing_output_is_not_overwritten_without_the_flag(tmp_path, capsys):
     (tmp_path / "a.tsv").write_text("")
     assert main(["data", "convert-tsv", "--out", str(tmp_path / "store"), str(tmp_path / "a.tsv")]) == 2
     assert "already exists; remove it or pass --overwrite" in capsys.readouterr().err
+
+
+def test_synth_objects_limits_the_classes_images_and_captions_use(tmp_path):
+    assert main(["data", "synth", "--out", str(tmp_path / "c"), "--images", "40", "--seed", "1",
+                 "--objects", "8"]) == 0
+    allowed = set(OBJECT_WORDS[:8])
+    store = FeatureStore(tmp_path / "c" / "features")
+    labels = {int(label) for image in store.keys() for label in store.get(image).labels}
+    assert labels <= set(range(1, 9)) and len(labels) == 8  # clutter too comes from the 8
+    for line in (tmp_path / "c" / "captions.jsonl").read_text().splitlines():
+        named = {w for w in json.loads(line)["caption"].replace(",", "").split() if w in OBJECT_WORDS}
+        assert named and named <= allowed
+    assert json.loads((tmp_path / "c" / "corpus.json").read_text())["objects"] == list(OBJECT_WORDS[:8])
+
+
+def test_synth_refuses_too_few_objects(tmp_path, capsys):
+    assert main(["data", "synth", "--out", str(tmp_path / "c"), "--images", "20", "--objects", "3"]) == 2
+    assert "num_objects is 3" in capsys.readouterr().err
