@@ -29,24 +29,26 @@ setup() {
 main_job() {
     # The demo: a synthetic corpus, DeepSpeed pretraining on 2 CPU ranks, then zero-shot
     # retrieval on the held-out test images next to chance. Options (environment):
-    #   DEMO_CORPUS   corpus folder, synthesised when absent   (demo/corpus)
+    #   DEMO_OBJECTS  object classes of the synthetic corpus  (12 of 60: learnt in minutes)
+    #   DEMO_CORPUS   corpus folder, synthesised when absent   (demo/corpus-objects$DEMO_OBJECTS)
     #   DEMO_IMAGES   images to synthesise                     (2000: 100 val, 100 test)
-    #   DEMO_PRESET   model preset, or DEMO_MODEL_CONFIG=FILE  (tiny)
+    #   DEMO_PRESET   model preset, or DEMO_MODEL_CONFIG=FILE  (tiny-demo: tiny, no dropout)
     #   DEMO_STEPS    optimizer steps                          (see below)
     #   DEMO_OUT      output folder; an existing run resumes   (runs/demo)
     #   DEMO_CONFIG   DeepSpeed config                         (ds_configs/pretrain_cpu_demo.json)
     #   DEMO_REGIONS  detector regions per image               (10, most confident first)
     #   DEMO_PORT     rendezvous port of the 2 ranks           (29533)
     # Extra arguments go to interbert/pretrain.py.
-    local corpus=${DEMO_CORPUS:-demo/corpus}
+    local objects=${DEMO_OBJECTS:-12}
+    local corpus=${DEMO_CORPUS:-demo/corpus-objects$objects}
     local out=${DEMO_OUT:-runs/demo}
-    local steps=${DEMO_STEPS:-1500}
+    local steps=${DEMO_STEPS:-3500}
     local regions=${DEMO_REGIONS:-10}
-    local model=(--preset "${DEMO_PRESET:-tiny}")
+    local model=(--preset "${DEMO_PRESET:-tiny-demo}")
     [ -n "${DEMO_MODEL_CONFIG:-}" ] && model=(--model-config "$DEMO_MODEL_CONFIG")
     local started=$SECONDS
     if [ ! -d "$corpus/features" ]; then
-        interbert data synth --out "$corpus" --images "${DEMO_IMAGES:-2000}" --seed 0
+        interbert data synth --out "$corpus" --images "${DEMO_IMAGES:-2000}" --seed 0 --objects "$objects"
     fi
     local resume=()
     [ -f "$out/checkpoints/latest" ] && resume=(--resume)
