@@ -41,6 +41,10 @@ from memory_meter import SavedTensorMeter, model_state_bytes  # noqa: E402
 from v100_plan import PlanAssumptions, plan  # noqa: E402
 
 MIB = 1024 ** 2
+# the paper's setup (ZeRO-1, fp16; bf16 on a CPU) and the same hyper-parameters with the ZeRO-1
+# wrapper that is cheapest on one CPU rank (DeepSpeed's BF16_Optimizer, fp32 gradients)
+GPU_CONFIG = REPO / "ds_configs" / "pretrain_v100x8.json"
+CPU_CONFIG = REPO / "ds_configs" / "benchmark_cpu_bf16.json"
 
 
 # ---------------------------------------------------------------------------- batches
@@ -98,12 +102,13 @@ class Ours:
 
     name = "interbert-ds"
 
-    def __init__(self, config, ds_config_path, micro, precision, device):
+    def __init__(self, config, ds_config_path, micro, precision, device, accumulation=1,
+                 single_rank_allreduce="skip"):
         import deepspeed
 
         ds_config = json.loads(Path(ds_config_path).read_text())
-        ds_config.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=1,
-                         train_batch_size=micro * int(os.environ.get("WORLD_SIZE", "1")),
+        ds_config.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accumulation,
+                         train_batch_size=micro * accumulation * int(os.environ.get("WORLD_SIZE", "1")),
                          steps_per_print=10 ** 9, wall_clock_breakdown=False)
         ds_config["tensorboard"] = {"enabled": False}
         ds_config.pop("scheduler", None)
@@ -114,27 +119,58 @@ class Ours:
         self.optimizer_name = choice.implementation
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=choice.optimizer, config=ds_config)
         self.module = self.engine.module
+        self.wrapper = type(self.engine.optimizer).__name__
+        self.allreduce_skipped = single_rank_allreduce == "skip" and skip_single_rank_allreduce(self.engine)
 
     def forward(self, batch):
         return self.engine(**batch).loss
 
     def backward(self, loss):
-        self.engine.backward(loss)
+        self.engine.backward(loss)  # the engine divides the loss by the accumulation itself
 
-    def step(self):
+    def step(self, boundary: bool):
+        """Called after every micro-batch, as DeepSpeed asks; the engine applies the optimizer
+        only at the end of an accumulation window, which must agree with `boundary`."""
+        if self.engine.is_gradient_accumulation_boundary() != boundary:
+            raise RuntimeError("the engine's accumulation window and the benchmark's disagree")
         self.engine.step()
+
+    @property
+    def optimizer_steps(self) -> int:
+        return self.engine.global_steps
 
     def state_bytes(self):
         return model_state_bytes(self.module, self.engine.optimizer)
+
+
+def skip_single_rank_allreduce(engine) -> bool:
+    """On a data-parallel world of one, stop the engine's post-backward all-reduce where it is
+    a pure copy: DeepSpeed's BF16_Optimizer keeps the fp32 gradients in one flat buffer, and
+    the engine still concatenates that buffer into a new one, "all-reduces" it over one rank,
+    divides by 1 and copies it back (with the default bf16 communication type it also rounds
+    the fp32 gradients to bf16 and back). With communication_data_type fp32 skipping it leaves
+    every gradient bit-identical (tests/benchmarks/test_throughput_accumulation.py checks it).
+    DeepSpeedZeroOptimizer is left alone: its reduce_gradients also builds the partition the
+    optimizer reads. Returns whether the all-reduce is skipped."""
+    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+
+    if engine.dp_world_size != 1 or not isinstance(engine.optimizer, BF16_Optimizer):
+        return False
+    engine.enable_backward_allreduce = False  # what the engine itself does without a backend
+    return True
 
 
 class PlainTorch:
     """A model and an optimizer in a plain PyTorch loop, no engine: torch.autocast for
     bf16/fp16 (with a GradScaler for fp16), fp32 weights."""
 
-    def __init__(self, name, module, optimizer, optimizer_name, precision_name, device):
+    wrapper = None
+
+    def __init__(self, name, module, optimizer, optimizer_name, precision_name, device, accumulation=1):
         self.name, self.module, self.optimizer = name, module.to(device), optimizer
         self.optimizer_name = optimizer_name
+        self.accumulation = accumulation
+        self.optimizer_steps = 0
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision_name)
         self.autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
         self.scaler = torch.amp.GradScaler(device.type) if precision_name == "fp16" else None
@@ -145,15 +181,20 @@ class PlainTorch:
         return getattr(output, "loss", output)
 
     def backward(self, loss):
+        loss = loss / self.accumulation  # the mean over the window, as the engine computes it
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 
-    def step(self):
+    def step(self, boundary: bool):
+        """Gradients add up in .grad over the window; the optimizer runs at its end only."""
+        if not boundary:
+            return
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer_steps += 1
 
     def state_bytes(self):
         return model_state_bytes(self.module, self.optimizer)
@@ -163,7 +204,7 @@ BASELINE = "hf-eager"
 OURS_PLAIN = "interbert-plain"
 
 
-def hf_eager(config, precision_name, device) -> PlainTorch:
+def hf_eager(config, precision_name, device, accumulation=1) -> PlainTorch:
     """The baseline: benchmarks/hf_baseline.py and torch.optim.AdamW with its defaults."""
     from hf_baseline import HfEagerInterBert
 
@@ -171,15 +212,17 @@ def hf_eager(config, precision_name, device) -> PlainTorch:
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4, betas=(0.9, 0.9999), eps=1e-6,
                                   weight_decay=0.01)
     return PlainTorch(BASELINE, module, optimizer,
-                      "torch.optim.AdamW (defaults), every parameter decayed", precision_name, device)
+                      "torch.optim.AdamW (defaults), every parameter decayed", precision_name, device,
+                      accumulation)
 
 
-def ours_plain(config, ds_config_path, precision_name, device) -> PlainTorch:
+def ours_plain(config, ds_config_path, precision_name, device, accumulation=1) -> PlainTorch:
     """Our model and optimizer choice outside the engine: splits model + optimizer gains
     from what the engine's bookkeeping costs."""
     module = InterBertForPretraining(config)
     choice = build_optimizer(module, json.loads(Path(ds_config_path).read_text()), device, str(ds_config_path))
-    return PlainTorch(OURS_PLAIN, module, choice.optimizer, choice.implementation, precision_name, device)
+    return PlainTorch(OURS_PLAIN, module, choice.optimizer, choice.implementation, precision_name, device,
+                      accumulation)
 
 
 # ---------------------------------------------------------------------------- measurement
@@ -192,54 +235,77 @@ def _to(batch, device):
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def measure(system, batches, config, micro, args, device, peak) -> dict:
-    """Warm-up steps, one memory-metered step, then `args.steps` timed steps."""
-    for _ in range(args.warmup):
-        loss = system.forward(_to(next(batches), device))
-        system.backward(loss)
-        system.step()
-    # memory: saved-for-backward bytes and model states, on a step of its own
-    meter = SavedTensorMeter()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    with meter.counting(system.module.parameters()):
-        loss = system.forward(_to(next(batches), device))
-    system.backward(loss)
-    states = system.state_bytes()
-    system.step()
-    timings = {"data": 0.0, "forward": 0.0, "backward": 0.0, "step": 0.0}
-    flops, tokens = 0.0, 0
-    for _ in range(args.steps):
+def _window(system, batches, device, accumulation, timings=None, meter=None):
+    """One optimizer step: `accumulation` micro-batches, forward and backward each, and
+    system.step after each (the optimizer itself runs once, at the window's end). Returns
+    the batches, the last loss and the states' bytes taken before the optimizer step."""
+    seen, states = [], None
+    for index in range(accumulation):
+        boundary = index == accumulation - 1
         t0 = time.perf_counter()
         batch = _to(next(batches), device)
         _sync(device)
         t1 = time.perf_counter()
-        loss = system.forward(batch)
+        with meter.counting(system.module.parameters()) if meter and index == 0 else nullcontext():
+            loss = system.forward(batch)
         _sync(device)
         t2 = time.perf_counter()
         system.backward(loss)
         _sync(device)
         t3 = time.perf_counter()
-        system.step()
+        if meter and boundary:
+            states = system.state_bytes()
+        system.step(boundary)
         _sync(device)
         t4 = time.perf_counter()
-        for key, seconds in zip(timings, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-            timings[key] += seconds
-        flops += batch_flops(config, batch).total
-        tokens += int(batch["text_mask"].sum() + batch["region_mask"].sum())
+        if timings is not None:
+            for key, seconds in zip(timings, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                timings[key] += seconds
+        seen.append(batch)
+    return seen, loss, states
+
+
+def measure(system, batches, config, micro, args, device, peak) -> dict:
+    """Warm-up windows, one memory-metered window, then `args.steps` timed optimizer steps,
+    each of `args.grad_accum` micro-batches (the same accumulation for every system)."""
+    accumulation = args.grad_accum
+    for _ in range(args.warmup):
+        _window(system, batches, device, accumulation)
+    # memory: saved-for-backward bytes of one micro-batch and model states, in a window of its own
+    meter = SavedTensorMeter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    _, _, states = _window(system, batches, device, accumulation, meter=meter)
+    timings = {"data": 0.0, "forward": 0.0, "backward": 0.0, "step": 0.0}
+    flops, tokens = 0.0, 0
+    steps_before = system.optimizer_steps
+    for _ in range(args.steps):
+        seen, loss, _ = _window(system, batches, device, accumulation, timings)
+        for batch in seen:
+            flops += batch_flops(config, batch).total
+            tokens += int(batch["text_mask"].sum() + batch["region_mask"].sum())
+    optimizer_steps = system.optimizer_steps - steps_before
+    if optimizer_steps != args.steps:
+        raise RuntimeError(f"{system.name}: {optimizer_steps} optimizer steps in {args.steps} windows")
     elapsed = sum(timings.values())
     achieved = flops / elapsed
     result = {
         "system": system.name,
         "micro_batch": micro,
-        "samples_per_s": micro * args.steps / elapsed,
+        "gradient_accumulation": accumulation,
+        "optimizer_steps": optimizer_steps,
+        "micro_steps": accumulation * args.steps,
+        "samples_per_s": micro * accumulation * args.steps / elapsed,
         "tokens_per_s": tokens / elapsed,
+        # per optimizer step, i.e. summed over the window's micro-batches
         "ms_per_step": {k: 1000 * v / args.steps for k, v in timings.items()},
         "tflops": achieved / 1e12,
         "mfu": achieved / peak.flops_per_second,
         "activation_bytes": meter.bytes,
         "model_state_bytes": states,
         "optimizer": system.optimizer_name,
+        "optimizer_wrapper": system.wrapper,
+        "single_rank_allreduce_skipped": getattr(system, "allreduce_skipped", None),
         "loss": float(loss.detach()),
     }
     result["memory_bytes"] = meter.bytes + sum(states.values())
@@ -270,13 +336,13 @@ def environment(device, precision, peak) -> dict:
 
 
 def print_table(results):
-    header = (f"{'system':<13}{'micro':>6}{'samples/s':>11}{'tokens/s':>10}{'data ms':>9}{'fwd ms':>9}"
+    header = (f"{'system':<16}{'micro':>6}{'accum':>6}{'samples/s':>11}{'tokens/s':>10}{'data ms':>9}{'fwd ms':>9}"
               f"{'bwd ms':>9}{'step ms':>9}{'TFLOP/s':>9}{'MFU':>7}{'act MiB':>9}{'states MiB':>11}{'mem MiB':>9}")
     print(header)
     print("-" * len(header))
     for r in results:
         ms = r["ms_per_step"]
-        print(f"{r['system']:<13}{r['micro_batch']:>6}{r['samples_per_s']:>11.2f}{r['tokens_per_s']:>10.0f}"
+        print(f"{r['system']:<16}{r['micro_batch']:>6}{r['gradient_accumulation']:>6}{r['samples_per_s']:>11.2f}{r['tokens_per_s']:>10.0f}"
               f"{ms['data']:>9.1f}{ms['forward']:>9.1f}{ms['backward']:>9.1f}{ms['step']:>9.1f}"
               f"{r['tflops']:>9.3f}{100 * r['mfu']:>6.1f}%{r['activation_bytes'] / MIB:>9.1f}"
               f"{sum(r['model_state_bytes'].values()) / MIB:>11.1f}{r['memory_bytes'] / MIB:>9.1f}")
@@ -346,14 +412,25 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper-base")
     p.add_argument("--config", help="a model config JSON file instead of --preset")
-    p.add_argument("--ds-config", default=str(REPO / "ds_configs" / "pretrain_v100x8.json"),
-                   help="DeepSpeed config (ZeRO stage, precision, optimizer hyper-parameters)")
+    p.add_argument("--ds-config",
+                   help="DeepSpeed config (ZeRO stage, precision, optimizer hyper-parameters); default: "
+                        f"{GPU_CONFIG.name} on CUDA, {CPU_CONFIG.name} on a CPU")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--micro-batches", default="1,2", help="comma-separated sweep")
     p.add_argument("--text-tokens", type=int, default=36)
     p.add_argument("--regions", type=int, default=36, help="regions per image incl. the global token (36 or 100)")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--steps", type=int, default=4, help="timed steps per micro-batch")
+    p.add_argument("--steps", type=int, default=4, help="timed optimizer steps per micro-batch")
+    p.add_argument("--grad-accum", type=int, default=1, metavar="N",
+                   help="micro-batches per optimizer step, for every system alike (the engine's "
+                        "gradient_accumulation_steps; the plain loops add .grad over N backward passes "
+                        "and step once)")
+    p.add_argument("--single-rank-allreduce", choices=("skip", "keep"), default="skip",
+                   help="on one data-parallel rank with DeepSpeed's BF16_Optimizer, skip the engine's "
+                        "post-backward all-reduce (a flatten and copy of the fp32 gradients over a "
+                        "world of one; see skip_single_rank_allreduce) or keep it")
+    p.add_argument("--threads", type=int,
+                   help="torch.set_num_threads for the whole run (default: PyTorch's choice)")
     p.add_argument("--baseline", choices=(BASELINE, "none"), default=BASELINE)
     p.add_argument("--without-engine", action="store_true",
                    help=f"also time our model and optimizer in a plain loop ({OURS_PLAIN}), to "
@@ -375,7 +452,11 @@ def parse_args(argv=None):
         p.error(f"--micro-batches {args.micro_batches!r}: give comma-separated integers such as 1,2,4")
     if not args.micro_batches or min(args.micro_batches) < 1:
         p.error("--micro-batches needs at least one positive size")
-    if not Path(args.ds_config).is_file():
+    if args.grad_accum < 1 or args.steps < 1 or args.warmup < 0:
+        p.error("--grad-accum and --steps must be at least 1, --warmup at least 0")
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be at least 1")
+    if args.ds_config and not Path(args.ds_config).is_file():
         p.error(f"--ds-config {args.ds_config} does not exist")
     if args.data and not args.captions:
         p.error("--data needs --captions (the caption manifest of the store)")
@@ -384,31 +465,41 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from interbert.training.distributed import discover_job, init_process_group, job_device
 
     placement = discover_job(args.local_rank)
     device = init_process_group(placement, job_device(placement)).device
+    if not args.ds_config:
+        args.ds_config = str(GPU_CONFIG if device.type == "cuda" else CPU_CONFIG)
     torch.manual_seed(args.seed)
     config = InterBertConfig.from_json_file(args.config) if args.config else InterBertConfig.from_preset(args.preset)
     results = []
     precision = None
     for micro in args.micro_batches:
-        ours = Ours(config, args.ds_config, micro, args.precision, device)
+        ours = Ours(config, args.ds_config, micro, args.precision, device, args.grad_accum,
+                    args.single_rank_allreduce)
         precision = ours.precision
         if not results:
             peak = device_peak(device, precision.dtype) if device.type == "cuda" else \
                 measured_matmul_peak(device, precision.dtype, size=2048)
             print(f"precision: {precision.name} ({precision.reason})")
-            print(f"optimizer: {ours.optimizer_name}; LayerNorm: {layer_norm_implementation(device)}")
+            print(f"optimizer: {ours.optimizer_name} in DeepSpeed's {ours.wrapper} "
+                  f"({Path(args.ds_config).name}); LayerNorm: {layer_norm_implementation(device)}")
+            print("post-backward all-reduce on this world of one: "
+                  f"{'skipped' if ours.allreduce_skipped else 'kept'} (--single-rank-allreduce)")
+            print(f"gradient accumulation: {args.grad_accum} micro-batch(es) per optimizer step for "
+                  f"every system (one optimizer step per window); {torch.get_num_threads()} threads")
             print(f"peak: {peak.source}")
         results.append(measure(ours, batch_source(args, config, micro), config, micro, args, device, peak))
         del ours
         gc.collect()
         others = []
         if args.baseline == BASELINE:
-            others.append(lambda: hf_eager(config, precision.name, device))
+            others.append(lambda: hf_eager(config, precision.name, device, args.grad_accum))
         if args.without_engine:
-            others.append(lambda: ours_plain(config, args.ds_config, precision.name, device))
+            others.append(lambda: ours_plain(config, args.ds_config, precision.name, device, args.grad_accum))
         for build in others:
             system = build()
             results.append(measure(system, batch_source(args, config, micro), config, micro, args, device, peak))
@@ -416,9 +507,12 @@ def main(argv=None) -> int:
             gc.collect()
     print()
     print_table(results)
+    print(f"(ms are per optimizer step: summed over its {args.grad_accum} micro-batch(es); "
+          "activations are one micro-batch's)")
     ratio_rows = ratios(results)
     for row in ratio_rows:
-        print(f"{row['system']} / {BASELINE} at micro-batch {row['micro_batch']}: samples/s ×{row['samples_per_s']:.2f}, "
+        print(f"{row['system']} / {BASELINE} at micro-batch {row['micro_batch']} × accumulation "
+              f"{args.grad_accum}: samples/s ×{row['samples_per_s']:.2f}, "
               f"activation memory ×{row['activation_memory']:.2f}, memory ×{row['memory']:.2f}")
 
     best = max((r for r in results if r["system"] == Ours.name), key=lambda r: r["samples_per_s"])
@@ -442,6 +536,10 @@ def main(argv=None) -> int:
         "model": {"preset": None if args.config else args.preset, "config": args.config,
                   "parameters": count_parameters(InterBertForPretraining(config))},
         "shape": {"text_tokens": args.text_tokens, "regions": args.regions, "data": args.data},
+        "schedule": {"gradient_accumulation": args.grad_accum, "warmup_windows": args.warmup,
+                     "timed_optimizer_steps": args.steps, "threads": torch.get_num_threads(),
+                     "single_rank_allreduce": args.single_rank_allreduce,
+                     "ds_config": str(args.ds_config)},
         "flops_per_sample_paper_base": {
             "layers": sample_flops(InterBertConfig.from_preset("paper-base"), args.text_tokens, args.regions).layers,
             "total": sample_flops(InterBertConfig.from_preset("paper-base"), args.text_tokens, args.regions).total,
