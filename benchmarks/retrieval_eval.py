@@ -8,8 +8,12 @@ The released-style loop (as the authors' ViLBERT-derived evaluation does it): al
 features preloaded into one tensor padded to max_regions + 1, captions padded to max_text_len;
 for each caption, batches of 500 images, the caption repeated 500 times, through the model's
 ordinary forward and ITM head. Ours: `interbert.finetuning.retrieval.evaluate_full_retrieval`
-(region and text embeddings once per image / caption, the last extraction layers computed for
-token 0 only, blocks cut to their own longest caption and image, every pair scored). Both score
+(region and text embeddings and the first interaction layer's projections once per image /
+caption, the last extraction layers computed for token 0 only, pairs grouped into buckets of one
+caption length × one region count so that none is padded and attention needs no mask, every pair
+scored), once per `--precisions` entry: "exact" (the model's fp32) and "bf16" (a bfloat16 copy of
+the weights), each its own row; the bf16 row also counts the captions and images whose rank of
+their own match differs from the exact row. Both score
 all C×I pairs of `--images` images. The released-style loop runs at its own operating point,
 500 images per forward, so it gets `--released-images` (default 500) images of the same
 synthetic distribution and is timed on `--released-captions` captions against all of them
@@ -34,6 +38,8 @@ import torch  # noqa: E402
 from interbert.config import PRESETS, InterBertConfig  # noqa: E402
 from interbert.data.retrieval import RetrievalCorpus  # noqa: E402
 from interbert.data.synth import synthesize_corpus  # noqa: E402
+from interbert.evaluation.metrics import image_to_text_ranks, text_to_image_ranks  # noqa: E402
+from interbert.finetuning.bucket_scoring import PRECISIONS  # noqa: E402
 from interbert.finetuning.retrieval import evaluate_full_retrieval, format_result  # noqa: E402
 from interbert.modeling import InterBertForPretraining  # noqa: E402
 
@@ -59,16 +65,28 @@ def released_style_scores(model, corpus, caption_indices, images_per_batch: int,
     return scores
 
 
+def rank_changes(scores: torch.Tensor, reference: torch.Tensor, caption_image: torch.Tensor) -> dict:
+    """How many captions (text→image) and images (image→text) rank their own match differently
+    under `scores` than under `reference`."""
+    return {"t2i_captions": int((text_to_image_ranks(scores, caption_image)
+                                 != text_to_image_ranks(reference, caption_image)).sum()),
+            "i2t_images": int((image_to_text_ranks(scores, caption_image)
+                               != image_to_text_ranks(reference, caption_image)).sum())}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=100, help="test images of our full evaluation (5 captions each)")
     parser.add_argument("--released-images", type=int, default=500, help="images the released-style loop scores")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="a randomly initialised model")
+    parser.add_argument("--model", help="a saved model directory instead (e.g. runs/demo/model, with --corpus)")
     parser.add_argument("--max-regions", type=int, default=36)
     parser.add_argument("--max-text-len", type=int, default=36)
     parser.add_argument("--released-batch", type=int, default=500, help="images per forward, released loop")
     parser.add_argument("--released-captions", type=int, default=4, help="captions timed in the released loop")
     parser.add_argument("--pair-batch", type=int, default=0, help="ours: pairs per forward (0: from memory)")
+    parser.add_argument("--precisions", nargs="+", choices=list(PRECISIONS), default=list(PRECISIONS),
+                        help="ours: one row per precision; the first is the reference of the rank counts")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--corpus", help="an existing corpus directory (features/, captions.jsonl)")
     parser.add_argument("--split", default="test")
@@ -92,13 +110,21 @@ def main(argv=None) -> int:
 
         corpus, released_corpus = load(args.images), load(args.released_images)
         torch.manual_seed(args.seed)
-        model = InterBertForPretraining(InterBertConfig.from_preset(args.preset)).eval()
+        if args.model:
+            model = InterBertForPretraining.from_pretrained(args.model).eval()
+        else:
+            model = InterBertForPretraining(InterBertConfig.from_preset(args.preset)).eval()
         captions, images = len(corpus), len(corpus.image_ids)
-        print(f"{args.preset} preset, {images} images x {captions} captions = {images * captions} pairs, "
+        print(f"{args.model or args.preset + ' preset'}, {images} images x {captions} captions = "
+              f"{images * captions} pairs, "
               f"{torch.get_num_threads()} threads")
 
-        ours = evaluate_full_retrieval(model, corpus, pair_batch=args.pair_batch or None)
-        print(format_result(ours))
+        runs = {}
+        for precision in args.precisions:
+            runs[precision] = evaluate_full_retrieval(model, corpus, pair_batch=args.pair_batch or None,
+                                                      precision=precision)
+            print(format_result(runs[precision]))
+        ours = runs[args.precisions[0]]
 
         timed = list(range(min(args.released_captions, captions)))
         start = time.perf_counter()
@@ -108,28 +134,39 @@ def main(argv=None) -> int:
     # The first images of both corpora are the same images (manifest order).
     shared = min(images, len(released_corpus.image_ids))
     difference = float((released[:, :shared] - ours.scores[timed, :shared]).abs().max())
-    ratio = ours.full.pairs_per_second / released_pairs_per_second
+    caption_image = torch.as_tensor(corpus.caption_to_image)
+    changes = {precision: rank_changes(run.scores, ours.scores, caption_image) for precision, run in runs.items()}
     real_tokens = float(np.mean(corpus.captions.lengths())) + float(np.mean(
         [corpus.image(i)[0].shape[0] for i in range(images)]))
     rows = [(f"released-style loop ({min(args.released_batch, len(released_corpus.image_ids))} images per forward)",
              released.numel(), released_seconds,
              released_pairs_per_second),
-            ("ours: full evaluation (all pairs)", ours.full.pairs, ours.full.seconds, ours.full.pairs_per_second)]
-    print(f"\n{'method':48}{'pairs':>9}{'seconds':>10}{'pairs/s':>10}")
+            *((f"ours: full evaluation, {precision}", run.full.pairs, run.full.seconds, run.full.pairs_per_second)
+              for precision, run in runs.items())]
+    print(f"\n{'method':48}{'pairs':>9}{'seconds':>10}{'pairs/s':>10}{'speed-up':>10}")
     for name, pairs, seconds, rate in rows:
-        print(f"{name:48}{pairs:>9}{seconds:>10.2f}{rate:>10.1f}")
-    print(f"speed-up: {ratio:.1f}x; largest score difference on the {len(timed)} shared captions: {difference:.2e}")
+        print(f"{name:48}{pairs:>9}{seconds:>10.2f}{rate:>10.1f}{rate / released_pairs_per_second:>9.1f}x")
+    print(f"largest score difference, released-style vs ours ({args.precisions[0]}), on the {len(timed)} shared "
+          f"captions: {difference:.2e}")
+    for precision, run in list(runs.items())[1:]:
+        print(f"{precision} vs {args.precisions[0]}: largest score difference "
+              f"{float((run.scores - ours.scores).abs().max()):.2e}; own-match rank changed for "
+              f"{changes[precision]['t2i_captions']} of {captions} captions (text->image) and "
+              f"{changes[precision]['i2t_images']} of {images} images (image->text)")
     print(f"tokens per pair: released pads to {args.max_text_len + args.max_regions + 1}; the corpus averages "
           f"{real_tokens:.1f} real tokens (captions + regions with the global token)")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({
-            "preset": args.preset, "images": images, "captions": captions, "threads": torch.get_num_threads(),
+            "model": args.model or f"{args.preset} preset", "images": images, "captions": captions, "threads": torch.get_num_threads(),
             "released": {"pairs": released.numel(), "seconds": released_seconds, "images": len(released_corpus.image_ids),
                          "pairs_per_second": released_pairs_per_second, "images_per_batch": args.released_batch},
-            "ours": {"pairs": ours.full.pairs, "seconds": ours.full.seconds, "pairs_per_second": ours.full.pairs_per_second,
-                     "pair_batch": ours.pair_batch, "metrics": ours.full.metrics},
-            "speedup": ratio, "max_score_difference": difference,
+            "ours": {precision: {"pairs": run.full.pairs, "seconds": run.full.seconds,
+                                 "pairs_per_second": run.full.pairs_per_second, "pair_batch": run.pair_batch,
+                                 "metrics": run.full.metrics, "rank_changes": changes[precision],
+                                 "speedup": run.full.pairs_per_second / released_pairs_per_second}
+                     for precision, run in runs.items()},
+            "max_score_difference": difference,
             "padded_tokens_per_pair_released": args.max_text_len + args.max_regions + 1,
             "mean_real_tokens_per_pair": real_tokens}, indent=2) + "\n")
         print(f"written: {args.json}")

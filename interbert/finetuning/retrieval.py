@@ -3,9 +3,12 @@
     result = evaluate_full_retrieval(model, corpus, device=..., dtype=..., two_stage_k=20)
 
 `corpus` is the data package's RetrievalCorpus (decoded region features cached per image).
-Region and text embeddings are computed once (`scoring.PairScorer`); the C×I pairs are cut into
-blocks of captions × images of similar lengths; every rank of an initialised process group
-scores the blocks j ≡ rank (mod world) and one all-reduce gathers the matrix. Text→image and
+Region and text embeddings are computed once (`scoring.PairScorer`); the C×I pairs are grouped
+into buckets of one caption length × one region count and cut into blocks, so no pair is padded
+and attention runs without a mask (`bucket_scoring.BucketScorer`, which also computes the first
+interaction layer's projections once per caption and image); every rank of an initialised
+process group scores the blocks j ≡ rank (mod world) and one all-reduce gathers the matrix.
+`precision="bf16"` scores with a bfloat16 copy of the model (fp32 stays the default: exact). Text→image and
 image→text R@1/5/10, median and mean rank come from `interbert.evaluation.metrics`.
 
 Two-stage mode (optional, reported separately, never mixed into the full figures): a cheaper
@@ -25,6 +28,7 @@ import torch
 from interbert.data.regions import select_regions
 from interbert.evaluation.metrics import chance_metrics, format_table, retrieval_metrics
 from interbert.finetuning.batching import pad_regions
+from interbert.finetuning.bucket_scoring import BucketScorer, length_groups, model_in_precision
 from interbert.finetuning.scoring import Embedded, PairScorer, embed_in_chunks, pairs_per_batch
 
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of transient activations per forward pass
@@ -49,6 +53,7 @@ class FullRetrievalResult:
     num_images: int
     pair_batch: int
     scores: torch.Tensor  # C×I match probabilities
+    precision: str = "exact"
     two_stage: dict = field(default_factory=dict)  # {"run": RetrievalRun, "top_k", "first_stage_regions", ...}
 
 
@@ -89,42 +94,49 @@ def reduced_image_batch(corpus, indices, regions: int) -> dict:
     return pad_regions(rows)
 
 
-def _blocks(text_order: np.ndarray, image_order: np.ndarray, pair_batch: int) -> list:
-    image_chunk = min(len(image_order), pair_batch)
+def _blocks(text_rows: torch.Tensor, image_rows: torch.Tensor, pair_batch: int) -> list:
+    """One bucket's text_rows × image_rows cut into grids of at most about `pair_batch` pairs."""
+    image_chunk = min(len(image_rows), pair_batch)
     text_chunk = max(1, pair_batch // image_chunk)
-    return [(text_order[t:t + text_chunk], image_order[i:i + image_chunk])
-            for t in range(0, len(text_order), text_chunk)
-            for i in range(0, len(image_order), image_chunk)]
+    return [(text_rows[t:t + text_chunk], image_rows[i:i + image_chunk])
+            for t in range(0, len(text_rows), text_chunk)
+            for i in range(0, len(image_rows), image_chunk)]
+
+
+def bucket_blocks(texts: Embedded, images: Embedded, pair_batch: int) -> list:
+    """All caption × image pairs as grids (text_rows, image_rows), each within one bucket of
+    caption length × region count, so that no pair of a grid is padded."""
+    return [block for _, image_rows in length_groups(images.lengths)
+            for _, text_rows in length_groups(texts.lengths)
+            for block in _blocks(text_rows, image_rows, pair_batch)]
 
 
 def score_all_pairs(scorer: PairScorer, texts: Embedded, images: Embedded, pair_batch: int,
-                    collective: bool = True) -> torch.Tensor:
-    """C×I scores of every pair of the embedded captions and images. Collective: each rank scores
-    its blocks and the matrix is summed over ranks; otherwise this rank scores everything."""
+                    collective: bool = True, scoring_model=None) -> torch.Tensor:
+    """C×I scores of every pair of the embedded captions and images, bucket by bucket, with
+    `scoring_model` (default: the scorer's model; `bucket_scoring.model_in_precision`). Collective:
+    each rank scores its blocks and the matrix is summed over ranks; otherwise this rank scores
+    everything."""
     rank, world = rank_and_world() if collective else (0, 1)
-    text_order = np.argsort(texts.lengths.cpu().numpy(), kind="stable")
-    image_order = np.argsort(images.lengths.cpu().numpy(), kind="stable")
+    grid_scorer = BucketScorer(scorer.model if scoring_model is None else scoring_model, texts, images)
     scores = torch.zeros(texts.hidden.shape[0], images.hidden.shape[0], dtype=torch.float32)
-    for j, (text_rows, image_rows) in enumerate(_blocks(text_order, image_order, pair_batch)):
-        if j % world != rank:
-            continue
-        text_rows, image_rows = torch.from_numpy(text_rows), torch.from_numpy(image_rows)
-        scores[text_rows[:, None], image_rows[None, :]] = scorer.score_grid(texts, text_rows, images, image_rows)
+    for j, (text_rows, image_rows) in enumerate(bucket_blocks(texts, images, pair_batch)):
+        if j % world == rank:
+            scores[text_rows[:, None], image_rows[None, :]] = grid_scorer.score_grid(text_rows, image_rows)
     return _sum_over_ranks(scores, scorer.device) if collective else scores
 
 
-def score_pair_list(scorer: PairScorer, texts: Embedded, images: Embedded, text_rows: torch.Tensor,
-                    image_rows: torch.Tensor, pair_batch: int) -> torch.Tensor:
-    """Scores of arbitrary pairs, sorted by padded size into batches; each rank its share."""
+def score_pair_list(scorer: BucketScorer, text_rows: torch.Tensor, image_rows: torch.Tensor,
+                    pair_batch: int) -> torch.Tensor:
+    """Scores of arbitrary pairs, grouped by bucket into batches; each rank its share."""
     rank, world = rank_and_world()
-    cost = (texts.lengths.cpu()[text_rows] + images.lengths.cpu()[image_rows]).numpy()
-    order = torch.from_numpy(np.argsort(cost, kind="stable"))
+    longest_region_count = int(scorer.images.lengths.max()) + 1
+    bucket = scorer.texts.lengths.cpu()[text_rows] * longest_region_count + scorer.images.lengths.cpu()[image_rows]
     scores = torch.zeros(text_rows.numel(), dtype=torch.float32)
-    for j, start in enumerate(range(0, order.numel(), pair_batch)):
-        if j % world != rank:
-            continue
-        chunk = order[start:start + pair_batch]
-        scores[chunk] = scorer.score_pairs(texts, text_rows[chunk], images, image_rows[chunk])
+    batches = [chunk for _, pairs in length_groups(bucket) for chunk in pairs.split(pair_batch)]
+    for j, chunk in enumerate(batches):
+        if j % world == rank:
+            scores[chunk] = scorer.score_pairs(text_rows[chunk], image_rows[chunk])
     return _sum_over_ranks(scores, scorer.device)
 
 
@@ -146,38 +158,41 @@ def _tokens_per_pair(corpus) -> int:
 def evaluate_full_retrieval(model, corpus, *, device: torch.device | None = None,
                             dtype: torch.dtype = torch.float32, pair_batch: int | None = None,
                             memory_budget: int = DEFAULT_MEMORY_BUDGET, two_stage_k: int = 0,
-                            first_stage_regions: int = 10) -> FullRetrievalResult:
+                            first_stage_regions: int = 10, precision: str = "exact") -> FullRetrievalResult:
     """All C×I pairs scored, R@1/5/10 and median rank both ways; optionally the two-stage
-    re-ranking as well. `model`: an InterBertForPretraining. Collective when a process group exists."""
+    re-ranking as well. `model`: an InterBertForPretraining in `dtype`. `precision`: "exact" scores
+    with the model as it is, "bf16" with a bfloat16 copy of it (`bucket_scoring`); embeddings are
+    computed with the model as it is. Collective when a process group exists."""
     device = device or torch.device("cpu")
     num_captions, num_images = len(corpus), len(corpus.image_ids)
     if pair_batch is None:
-        pair_batch = pairs_per_batch(model.config, _tokens_per_pair(corpus), memory_budget,
-                                     torch.finfo(dtype).bits // 8)
+        element_bytes = 2 if precision == "bf16" else torch.finfo(dtype).bits // 8
+        pair_batch = pairs_per_batch(model.config, _tokens_per_pair(corpus), memory_budget, element_bytes)
     caption_image = torch.as_tensor(corpus.caption_to_image, dtype=torch.long)
     was_training = model.training
     model.eval()
     try:
-        scorer = PairScorer(model, device, dtype)
+        embedder = PairScorer(model, device, dtype)
+        scoring_model = model_in_precision(model, precision)
         start = time.perf_counter()
-        texts, images = _embed_corpus(scorer, corpus)
-        scores = score_all_pairs(scorer, texts, images, pair_batch)
+        texts, images = _embed_corpus(embedder, corpus)
+        scores = score_all_pairs(embedder, texts, images, pair_batch, scoring_model=scoring_model)
         full = RetrievalRun(retrieval_metrics(scores, caption_image), num_captions * num_images,
                             time.perf_counter() - start)
         result = FullRetrievalResult(full, chance_metrics(num_images, num_captions), num_captions,
-                                     num_images, pair_batch, scores)
+                                     num_images, pair_batch, scores, precision)
         if two_stage_k:
-            result.two_stage = _two_stage(scorer, corpus, texts, images, caption_image, pair_batch,
-                                          two_stage_k, first_stage_regions)
+            result.two_stage = _two_stage(embedder, scoring_model, corpus, texts, images, caption_image,
+                                          pair_batch, two_stage_k, first_stage_regions)
     finally:
         model.train(was_training)
     return result
 
 
-def _two_stage(scorer, corpus, texts, images, caption_image, pair_batch, k, regions) -> dict:
+def _two_stage(embedder, scoring_model, corpus, texts, images, caption_image, pair_batch, k, regions) -> dict:
     start = time.perf_counter()
-    _, reduced = _embed_corpus(scorer, corpus, reduced_regions=regions)
-    first = score_all_pairs(scorer, texts, reduced, pair_batch)
+    _, reduced = _embed_corpus(embedder, corpus, reduced_regions=regions)
+    first = score_all_pairs(embedder, texts, reduced, pair_batch, scoring_model=scoring_model)
     first_seconds = time.perf_counter() - start
     num_captions, num_images = first.shape
     k_images, k_captions = min(k, num_images), min(k, num_captions)
@@ -187,7 +202,7 @@ def _two_stage(scorer, corpus, texts, images, caption_image, pair_batch, k, regi
     candidates[torch.arange(num_captions)[:, None], t2i_top] = True
     candidates[i2t_top, torch.arange(num_images)[None, :]] = True
     text_rows, image_rows = candidates.nonzero(as_tuple=True)
-    rescored = score_pair_list(scorer, texts, images, text_rows, image_rows, pair_batch)
+    rescored = score_pair_list(BucketScorer(scoring_model, texts, images), text_rows, image_rows, pair_batch)
     full_scores = torch.full_like(first, float("nan"))
     full_scores[text_rows, image_rows] = rescored
     # Re-scored candidates rank above everything else (probabilities lie in [0, 1]).
@@ -213,7 +228,8 @@ def format_result(result: FullRetrievalResult) -> str:
     full = result.full
     lines = [f"full evaluation: {result.num_images} images x {result.num_captions} captions = "
              f"{full.pairs} pairs in {full.seconds:.1f} s ({full.pairs_per_second:.0f} pairs/s, "
-             f"{result.pair_batch} pairs per forward, {rank_and_world()[1]} rank(s))",
+             f"at most {result.pair_batch} pairs per forward, {rank_and_world()[1]} rank(s), "
+             f"precision {result.precision})",
              format_table(full.metrics, result.chance)]
     if result.two_stage:
         two = result.two_stage
@@ -228,7 +244,8 @@ def format_result(result: FullRetrievalResult) -> str:
 def result_json(result: FullRetrievalResult) -> dict:
     out = {"images": result.num_images, "captions": result.num_captions, "pairs": result.full.pairs,
            "seconds": result.full.seconds, "pairs_per_second": result.full.pairs_per_second,
-           "pair_batch": result.pair_batch, "metrics": result.full.metrics, "chance": result.chance}
+           "pair_batch": result.pair_batch, "precision": result.precision, "metrics": result.full.metrics,
+           "chance": result.chance}
     if result.two_stage:
         two = result.two_stage
         out["two_stage"] = {"metrics": two["run"].metrics, "seconds": two["run"].seconds,
