@@ -111,8 +111,9 @@ def build_model(args, spec, say):
     from interbert.modeling import InterBertForPretraining
 
     if args.init_model:
-        say(f"model: from {args.init_model}")
-        return InterBertForFinetuning.from_pretrained(args.init_model, task=spec)
+        model = InterBertForFinetuning.from_pretrained(args.init_model, task=spec)
+        say(f"model: from {args.init_model}; task head: {model.head_source}")
+        return model
     config = (InterBertConfig.from_json_file(args.model_config) if args.model_config
               else InterBertConfig.from_preset(args.preset))
     pretraining = InterBertForPretraining(config)

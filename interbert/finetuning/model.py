@@ -11,6 +11,10 @@ Multiple-choice batches hold B×K×... tensors (K choices); they are flattened t
 the backbone. Parameters a task never uses (the MSM and MRM heads; the image side for GLUE)
 are frozen, so the optimizer holds no state for them.
 
+A directory made by `interbert convert-release` from the fine-tuned release keeps the
+release's task heads in `release_task_heads.safetensors`; a multiple-choice (VCR) head starts
+from its `vil_logit` there, which is the same Linear(pooled_text ⊙ pooled_image) → 1.
+
 A fine-tuned model directory is the pretraining directory (`config.json`, `model.safetensors`,
 loadable by `InterBertForPretraining.from_pretrained`, so retrieval tools take it as it is) plus
 `task.json` and `task_head.safetensors`.
@@ -29,6 +33,7 @@ from torch import nn
 from interbert.modeling import INPUT_KEYS, InterBertForPretraining
 from interbert.modeling.backbone import init_weights
 from interbert.modeling.heads import ITM_MATCHED
+from interbert.modeling.release import TASK_HEADS_NAME
 
 KINDS = ("retrieval", "multiple_choice", "classification", "regression")
 RETRIEVAL_LOSSES = ("binary", "softmax")
@@ -116,6 +121,7 @@ class InterBertForFinetuning(nn.Module):
         self.task = task
         pooled, dropout = self.config.pooled_size, self.config.itm_dropout_prob
         self.head = None
+        self.head_source = "a new head" if task.kind != "retrieval" else "the pretraining ITM head"
         if task.kind == "multiple_choice":
             self.head = ChoiceHead(pooled, dropout)
         elif task.kind in ("classification", "regression"):
@@ -194,7 +200,24 @@ class InterBertForFinetuning(nn.Module):
             model = cls(pretraining, task)
             if model.head is not None:
                 model.head.load_state_dict(load_file(str(directory / HEAD_FILE)), strict=True)
+                model.head_source = f"the fine-tuned head in {directory / HEAD_FILE}"
             return model
         if task is None:
             raise ValueError(f"{directory} has no {TASK_FILE}: say which task to fine-tune for")
-        return cls(pretraining, task)
+        model = cls(pretraining, task)
+        if task.kind == "multiple_choice" and (directory / TASK_HEADS_NAME).is_file():
+            model.head_source = model._load_release_choice_head(directory / TASK_HEADS_NAME)
+        return model
+
+    def _load_release_choice_head(self, path: Path) -> str:
+        """Copy the release's `vil_logit` into the choice head; says what was done."""
+        heads = load_file(str(path))
+        weights = {name: heads.get(f"vil_logit.{name}") for name in ("weight", "bias")}
+        if any(value is None for value in weights.values()):
+            return f"a new head ({path} holds no vil_logit)"
+        expected = self.head.vil_logit.weight.shape
+        if weights["weight"].shape != expected:
+            raise ValueError(f"{path}: vil_logit.weight has shape {tuple(weights['weight'].shape)}, the model's "
+                             f"pooled size needs {tuple(expected)}; was it converted with another config?")
+        self.head.vil_logit.load_state_dict(weights)
+        return f"the release's vil_logit from {path}"

@@ -215,3 +215,36 @@ def test_convert_release_command(tmp_path, release_like_config, capsys):
     InterBertForPretraining.from_pretrained(tmp_path / "m")
     assert main(["convert-release", "--out", str(tmp_path / "n"), str(tmp_path / "r.bin")]) == 2
     assert "does not convert into the given layout" in capsys.readouterr().err
+
+
+def test_a_vcr_head_starts_from_the_release_vil_logit(tmp_path, release_like_config, batch_factory):
+    from interbert.finetuning.model import InterBertForFinetuning, TaskSpec
+
+    config = release_like_config
+    state = random_release_state(release_layout(config))
+    vil_logit = {"vil_logit.weight": torch.randn(1, config.pooled_size), "vil_logit.bias": torch.randn(1)}
+    torch.save({**state, **vil_logit}, tmp_path / "finetuned.bin")
+    convert_release(tmp_path / "finetuned.bin", tmp_path / "out", config)
+
+    model = InterBertForFinetuning.from_pretrained(tmp_path / "out", TaskSpec("vcr", "multiple_choice")).eval()
+    assert "release's vil_logit" in model.head_source
+    flat = batch_factory(config, [7, 4, 5, 6], [6, 3, 5, 2])
+    with torch.no_grad():
+        scores = model.predict(**{key: value[None] for key, value in flat.items()})  # 1 question × 4 choices
+        output = model.pretraining.interbert(**flat)
+    expected = (output.pooled_text * output.pooled_image) @ vil_logit["vil_logit.weight"].T + vil_logit["vil_logit.bias"]
+    assert torch.allclose(scores[0], expected[:, 0], atol=1e-5)
+
+    fresh = InterBertForFinetuning.from_pretrained(tmp_path / "out", TaskSpec("glue-sst2", "classification", 2))
+    assert fresh.head_source == "a new head"
+
+
+def test_a_release_vil_logit_of_another_width_is_refused(tmp_path, release_like_config):
+    from interbert.finetuning.model import InterBertForFinetuning, TaskSpec
+
+    state = random_release_state(release_layout(release_like_config))
+    wrong = {"vil_logit.weight": torch.randn(1, release_like_config.pooled_size + 8), "vil_logit.bias": torch.randn(1)}
+    torch.save({**state, **wrong}, tmp_path / "finetuned.bin")
+    convert_release(tmp_path / "finetuned.bin", tmp_path / "out", release_like_config)
+    with pytest.raises(ValueError, match=r"release_task_heads\.safetensors: vil_logit\.weight has shape"):
+        InterBertForFinetuning.from_pretrained(tmp_path / "out", TaskSpec("vcr", "multiple_choice"))
