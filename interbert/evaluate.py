@@ -3,9 +3,12 @@
     interbert evaluate retrieval --model runs/demo/model --features demo/features \\
         --captions demo/captions.jsonl --split test --images 100
 
-Scores every caption against every image with the ITM head (batched), prints R@1/5/10 in both
-directions next to chance, and optionally writes them as JSON. Under `torchrun` or
-`deepspeed`, every rank scores its share of the pairs.
+Scores every caption against every image with the ITM head (the project's one retrieval scorer,
+`interbert.finetuning.retrieval.evaluate_full_retrieval`: pairs in unpadded buckets of one caption
+length x one region count), prints R@1/5/10 in both directions next to chance, and optionally
+writes them as JSON. `--precision bf16` scores with a bfloat16 copy of the model (faster where
+the hardware has bf16 matmuls; may change a few ranks). Under `torchrun` or `deepspeed`, every
+rank scores its share of the pairs.
 """
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ def run_retrieval(args: argparse.Namespace) -> int:
 
     from interbert.data.pretraining_dataset import DatasetError
     from interbert.evaluation.metrics import format_table
-    from interbert.evaluation.retrieval import build_retrieval_corpus, evaluate_retrieval
+    from interbert.evaluation.retrieval import build_retrieval_corpus
+    from interbert.finetuning.retrieval import evaluate_full_retrieval
     from interbert.modeling import InterBertForPretraining
 
     for flag, path, kind in (("--model", args.model, "dir"), ("--features", args.features, "dir"),
@@ -34,6 +38,9 @@ def run_retrieval(args: argparse.Namespace) -> int:
     if args.images is not None and args.images < 2:
         print("interbert evaluate retrieval: --images must be at least 2", file=sys.stderr)
         return 2
+    if args.batch_size is not None and args.batch_size < 1:
+        print("interbert evaluate retrieval: --batch-size must be at least 1", file=sys.stderr)
+        return 2
     distributed = _init_distributed_if_launched()
     try:
         model = InterBertForPretraining.from_pretrained(args.model)
@@ -44,18 +51,20 @@ def run_retrieval(args: argparse.Namespace) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = evaluate_retrieval(model, corpus, batch_size=args.batch_size)
+    result = evaluate_full_retrieval(model, corpus, pair_batch=args.batch_size, precision=args.precision)
+    run = result.full
     rank = torch.distributed.get_rank() if distributed else 0
     if rank == 0:
         print(f"zero-shot retrieval of {args.model} on split {args.split!r}: {result.num_images} "
-              f"images, {result.num_captions} captions, {result.num_images * result.num_captions} "
-              f"pairs scored in {result.seconds:.1f} s")
-        print(format_table(result.metrics, result.chance))
+              f"images, {result.num_captions} captions, {run.pairs} pairs scored in {run.seconds:.1f} s "
+              f"(precision {result.precision}, at most {result.pair_batch} pairs per forward pass)")
+        print(format_table(run.metrics, result.chance))
         if args.json:
             Path(args.json).write_text(json.dumps({
                 "model": args.model, "split": args.split, "images": result.num_images,
-                "captions": result.num_captions, "metrics": result.metrics,
-                "chance": result.chance, "seconds": result.seconds}, indent=2) + "\n")
+                "captions": result.num_captions, "precision": result.precision,
+                "pair_batch": result.pair_batch, "metrics": run.metrics,
+                "chance": result.chance, "seconds": run.seconds}, indent=2) + "\n")
             print(f"metrics written to {args.json}")
     return 0
 
@@ -85,7 +94,14 @@ def register(subparsers) -> None:
     retrieval.add_argument("--images", type=int, default=None,
                            help="the first N images of the split (default: all)")
     retrieval.add_argument("--vocab", help="bert-base-uncased vocab.txt (default: the bundled one)")
-    retrieval.add_argument("--batch-size", type=int, default=256, help="pairs per forward pass")
+    retrieval.add_argument("--batch-size", type=int, default=None,
+                           help="at most this many pairs per forward pass (default: sized to about "
+                                "1 GiB of activations)")
+    retrieval.add_argument("--precision", choices=("exact", "bf16"), default="exact",
+                           help="exact (default): score with the model as saved (fp32); bf16: with a "
+                                "bfloat16 copy, faster where the CPU or GPU has bf16 matmuls (runs "
+                                "anywhere PyTorch does), and may change a few ranks where two scores "
+                                "differ by less than bf16 rounding")
     retrieval.add_argument("--max-text-len", type=int, default=36)
     retrieval.add_argument("--max-regions", type=int, default=36)
     retrieval.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")

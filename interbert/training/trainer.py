@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from interbert.config import InterBertConfig
-from interbert.evaluation.retrieval import evaluate_retrieval, to_device
+from interbert.evaluation.retrieval import to_device
+from interbert.finetuning.retrieval import evaluate_full_retrieval
 from interbert.training.batches import fetch_across_epochs
 from interbert.training import checkpoint
 from interbert.training.distributed import DistributedEnvironment, all_reduce_sum
@@ -246,10 +247,10 @@ class Trainer:
         if self.validation_loader is not None:
             results.update(self._validation_losses(model))
         if self.retrieval_corpus is not None:
-            retrieval = evaluate_retrieval(model, self.retrieval_corpus, self.retrieval_batch_size,
-                                           self.env.device, self.precision.dtype)
-            results.update({f"retrieval_{k}": v for k, v in retrieval.metrics.items()})
-            results["retrieval_seconds"] = retrieval.seconds
+            retrieval = evaluate_full_retrieval(model, self.retrieval_corpus, device=self.env.device,
+                                                dtype=self.precision.dtype, pair_batch=self.retrieval_batch_size)
+            results.update({f"retrieval_{k}": v for k, v in retrieval.full.metrics.items()})
+            results["retrieval_seconds"] = retrieval.full.seconds
         self.monitor.scalars({f"val/{k}": v for k, v in results.items()}, self.step)
         if results:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in results.items())
