@@ -42,8 +42,9 @@ def run_retrieval(args: argparse.Namespace) -> int:
         print("interbert evaluate retrieval: --batch-size must be at least 1", file=sys.stderr)
         return 2
     distributed = _init_distributed_if_launched()
+    device = _device()
     try:
-        model = InterBertForPretraining.from_pretrained(args.model)
+        model = InterBertForPretraining.from_pretrained(args.model).to(device)
         corpus = build_retrieval_corpus(args.features, [args.captions], args.vocab, args.split,
                                         args.images, args.max_text_len, args.max_regions)
     except (DatasetError, ValueError, FileNotFoundError) as error:
@@ -51,7 +52,8 @@ def run_retrieval(args: argparse.Namespace) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = evaluate_full_retrieval(model, corpus, pair_batch=args.batch_size, precision=args.precision)
+    result = evaluate_full_retrieval(model, corpus, device=device, pair_batch=args.batch_size,
+                                     precision=args.precision)
     run = result.full
     rank = torch.distributed.get_rank() if distributed else 0
     if rank == 0:
@@ -69,13 +71,24 @@ def run_retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device():
+    """This rank's GPU (LOCAL_RANK) when CUDA is available, else the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
 def _init_distributed_if_launched() -> bool:
-    """Join the launcher's process group when there is one (gloo on CPU)."""
+    """Join the launcher's process group when there is one (nccl on this rank's GPU, else gloo)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     import torch
     import torch.distributed as dist
 
+    if torch.cuda.is_available():
+        torch.cuda.set_device(_device())
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return True
 

@@ -52,7 +52,7 @@ class Trainer:
     def __init__(self, *, engine, model_config: InterBertConfig, train_loader, validation_loader,
                  retrieval_corpus, monitor: Monitor, env: DistributedEnvironment,
                  precision: PrecisionChoice, schedule: Schedule, checkpoint_dir: Path, peak: Peak,
-                 retrieval_batch_size: int = 256, validation_batches: int = 20):
+                 retrieval_batch_size: int | None = None, validation_batches: int = 20):
         self.engine = engine
         self.model_config = model_config
         self.loader = train_loader
