@@ -50,7 +50,7 @@ from interbert.evaluation.metrics import chance_metrics  # noqa: E402
 from interbert.finetuning.batching import build_loader, collate_choices  # noqa: E402
 from interbert.finetuning.flickr30k import Flickr30kTrainSet, HardNegativeMiner  # noqa: E402
 from interbert.finetuning.model import InterBertForFinetuning, TaskSpec  # noqa: E402
-from interbert.finetuning.retrieval import evaluate_full_retrieval  # noqa: E402
+from interbert.evaluation.full_retrieval import evaluate_full_retrieval  # noqa: E402
 from interbert.modeling import InterBertForPretraining  # noqa: E402
 from interbert.training.optimizer import decay_parameter_groups  # noqa: E402
 

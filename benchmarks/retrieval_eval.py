@@ -10,7 +10,7 @@ for each caption, batches of 500 images, the caption repeated 500 times, through
 ordinary forward. The release's model is a ViLBERT fork whose forward runs all pretraining heads
 on every call (`self.cls(...)`: vocabulary logits at every text position, class logits at every
 region, then the ITM logits the evaluation keeps), so the loop does that too; a second row times
-the same loop with the ITM head only, and the output gives our speed-up against both. Ours: `interbert.finetuning.retrieval.evaluate_full_retrieval`
+the same loop with the ITM head only, and the output gives our speed-up against both. Ours: `interbert.evaluation.full_retrieval.evaluate_full_retrieval`
 (region and text embeddings and the first interaction layer's projections once per image /
 caption, the last extraction layers computed for token 0 only, pairs grouped into buckets of one
 caption length × one region count so that none is padded and attention needs no mask, every pair
@@ -42,8 +42,8 @@ from interbert.config import PRESETS, InterBertConfig  # noqa: E402
 from interbert.data.retrieval import RetrievalCorpus  # noqa: E402
 from interbert.data.synth import synthesize_corpus  # noqa: E402
 from interbert.evaluation.metrics import image_to_text_ranks, text_to_image_ranks  # noqa: E402
-from interbert.finetuning.bucket_scoring import PRECISIONS  # noqa: E402
-from interbert.finetuning.retrieval import evaluate_full_retrieval, format_result  # noqa: E402
+from interbert.evaluation.bucket_scoring import PRECISIONS  # noqa: E402
+from interbert.evaluation.full_retrieval import evaluate_full_retrieval, format_result  # noqa: E402
 from interbert.modeling import InterBertForPretraining  # noqa: E402
 from interbert.modeling.heads import ITM_MATCHED  # noqa: E402
 

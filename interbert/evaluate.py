@@ -4,7 +4,7 @@
         --captions demo/captions.jsonl --split test --images 100
 
 Scores every caption against every image with the ITM head (the project's one retrieval scorer,
-`interbert.finetuning.retrieval.evaluate_full_retrieval`: pairs in unpadded buckets of one caption
+`interbert.evaluation.full_retrieval.evaluate_full_retrieval`: pairs in unpadded buckets of one caption
 length x one region count), prints R@1/5/10 in both directions next to chance, and optionally
 writes them as JSON. `--precision bf16` scores with a bfloat16 copy of the model (faster where
 the hardware has bf16 matmuls; may change a few ranks). Under `torchrun` or `deepspeed`, every
@@ -25,7 +25,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
     from interbert.data.pretraining_dataset import DatasetError
     from interbert.evaluation.metrics import format_table
     from interbert.evaluation.retrieval import build_retrieval_corpus
-    from interbert.finetuning.retrieval import evaluate_full_retrieval
+    from interbert.evaluation.full_retrieval import evaluate_full_retrieval
     from interbert.modeling import InterBertForPretraining
 
     for flag, path, kind in (("--model", args.model, "dir"), ("--features", args.features, "dir"),

@@ -68,3 +68,16 @@ def image_inputs(record, max_regions: int) -> tuple:
 def fill_global_token(features: np.ndarray) -> None:
     """Set row 0 of (n+1)×F ``features`` to the mean of rows 1.. as they are fed (after masking)."""
     np.mean(features[1:], axis=0, out=features[0])
+
+
+def pad_regions(images: list, length: int | None = None) -> dict:
+    """images: list of (features (n+1)×F, locations (n+1)×5) → region tensors (N×R×...)."""
+    length = length or max(f.shape[0] for f, _ in images)
+    size = images[0][0].shape[1]
+    features = np.zeros((len(images), length, size), dtype=np.float32)
+    locations = np.zeros((len(images), length, 5), dtype=np.float32)
+    mask = np.zeros((len(images), length), dtype=bool)
+    for row, (f, loc) in enumerate(images):
+        features[row, :len(f)], locations[row, :len(f)], mask[row, :len(f)] = f, loc, True
+    return {"region_features": torch.from_numpy(features), "region_locations": torch.from_numpy(locations),
+            "region_mask": torch.from_numpy(mask)}

@@ -1,7 +1,7 @@
 """What zero-shot retrieval needs besides the scorer: the corpus and moving batches to a device.
 
 The scoring itself (every caption against every image with the ITM head, each rank its share,
-R@1/5/10, median and mean rank both ways) is `interbert.finetuning.retrieval.evaluate_full_retrieval`,
+R@1/5/10, median and mean rank both ways) is `interbert.evaluation.full_retrieval.evaluate_full_retrieval`,
 used by pretraining validation, `interbert evaluate retrieval` and fine-tuning alike. The corpus
 is the data package's RetrievalCorpus (`build_retrieval_corpus`).
 """

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from interbert.data.pretraining_dataset import PAD_ID
+from interbert.data.regions import pad_regions
 from interbert.data.sampling import DistributedShardSampler
 
 COUNT_PREFIX = "count_"
@@ -26,19 +27,6 @@ def pad_texts(texts: list, length: int | None = None) -> dict:
         input_ids[row, :len(ids)], segments[row, :len(ids)], mask[row, :len(ids)] = ids, segs, True
     return {"input_ids": torch.from_numpy(input_ids), "token_type_ids": torch.from_numpy(segments),
             "text_mask": torch.from_numpy(mask)}
-
-
-def pad_regions(images: list, length: int | None = None) -> dict:
-    """images: list of (features (n+1)×F, locations (n+1)×5) → region tensors (N×R×...)."""
-    length = length or max(f.shape[0] for f, _ in images)
-    size = images[0][0].shape[1]
-    features = np.zeros((len(images), length, size), dtype=np.float32)
-    locations = np.zeros((len(images), length, 5), dtype=np.float32)
-    mask = np.zeros((len(images), length), dtype=bool)
-    for row, (f, loc) in enumerate(images):
-        features[row, :len(f)], locations[row, :len(f)], mask[row, :len(f)] = f, loc, True
-    return {"region_features": torch.from_numpy(features), "region_locations": torch.from_numpy(locations),
-            "region_mask": torch.from_numpy(mask)}
 
 
 def _counters(samples: list) -> dict:

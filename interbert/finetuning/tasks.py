@@ -17,7 +17,7 @@ from interbert.finetuning import glue as glue_data
 from interbert.finetuning.batching import collate_choices, collate_text
 from interbert.finetuning.metrics import qar_accuracy
 from interbert.finetuning.model import TaskSpec
-from interbert.finetuning.retrieval import rank_and_world
+from interbert.evaluation.full_retrieval import rank_and_world
 from interbert.finetuning.settings import FinetuneSettings
 from interbert.training.distributed import all_gather_objects
 
@@ -84,7 +84,7 @@ def _predict(model, dataset, indices, collate, batch_size: int, device, dtype) -
 def flickr30k_task(args, settings: FinetuneSettings) -> Task:
     from interbert.evaluation.retrieval import build_retrieval_corpus
     from interbert.finetuning.flickr30k import Flickr30kTrainSet, HardNegativeMiner
-    from interbert.finetuning.retrieval import evaluate_full_retrieval
+    from interbert.evaluation.full_retrieval import evaluate_full_retrieval
 
     _require(args, "features", "captions")
     length = settings.max_text_len or DEFAULT_TEXT_LENGTH["flickr30k"]

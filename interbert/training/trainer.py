@@ -16,7 +16,7 @@ import torch
 
 from interbert.config import InterBertConfig
 from interbert.evaluation.retrieval import to_device
-from interbert.finetuning.retrieval import evaluate_full_retrieval
+from interbert.evaluation.full_retrieval import evaluate_full_retrieval
 from interbert.training.batches import fetch_across_epochs
 from interbert.training import checkpoint
 from interbert.training.distributed import DistributedEnvironment, all_reduce_sum

@@ -9,7 +9,7 @@ import torch
 
 from interbert.data.retrieval import RetrievalCorpus
 from interbert.evaluation.metrics import image_to_text_ranks, retrieval_metrics, text_to_image_ranks
-from interbert.finetuning.retrieval import evaluate_full_retrieval
+from interbert.evaluation.full_retrieval import evaluate_full_retrieval
 
 
 @pytest.fixture(scope="module")

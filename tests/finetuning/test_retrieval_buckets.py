@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from interbert.data.retrieval import RetrievalCorpus
-from interbert.finetuning.bucket_scoring import BucketScorer, length_groups, model_in_precision
-from interbert.finetuning.retrieval import bucket_blocks, evaluate_full_retrieval, score_all_pairs, score_pair_list
-from interbert.finetuning.scoring import PairScorer, embed_in_chunks
+from interbert.evaluation.bucket_scoring import BucketScorer, length_groups, model_in_precision
+from interbert.evaluation.full_retrieval import bucket_blocks, evaluate_full_retrieval, score_all_pairs, score_pair_list
+from interbert.evaluation.pair_scoring import PairScorer, embed_in_chunks
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
     result = evaluate_full_retrieval(model, corpus, device=..., dtype=..., two_stage_k=20)
 
 `corpus` is the data package's RetrievalCorpus (decoded region features cached per image).
-Region and text embeddings are computed once (`scoring.PairScorer`); the C×I pairs are grouped
+Region and text embeddings are computed once (`pair_scoring.PairScorer`); the C×I pairs are grouped
 into buckets of one caption length × one region count and cut into blocks, so no pair is padded
 and attention runs without a mask (`bucket_scoring.BucketScorer`, which also computes the first
 interaction layer's projections once per caption and image); every rank of an initialised
@@ -25,11 +25,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from interbert.data.regions import select_regions
+from interbert.data.regions import pad_regions, select_regions
 from interbert.evaluation.metrics import chance_metrics, format_table, retrieval_metrics
-from interbert.finetuning.batching import pad_regions
-from interbert.finetuning.bucket_scoring import BucketScorer, length_groups, model_in_precision
-from interbert.finetuning.scoring import Embedded, PairScorer, embed_in_chunks, pairs_per_batch
+from interbert.evaluation.bucket_scoring import BucketScorer, length_groups, model_in_precision
+from interbert.evaluation.pair_scoring import Embedded, PairScorer, embed_in_chunks, pairs_per_batch
 
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of transient activations per forward pass
 

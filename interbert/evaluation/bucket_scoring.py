@@ -3,7 +3,7 @@ length t and the same region count r, so no pair carries padding.
 
 The joint input [regions ; text] of each pair is exactly r + t real tokens: no padding work, and
 attention runs without a mask. What does not depend on the pair is computed once:
-- the embeddings of every region and every token (`scoring.PairScorer.embed_*`);
+- the embeddings of every region and every token (`pair_scoring.PairScorer.embed_*`);
 - the first interaction layer's query, key and value projections of every region and every token
   (a linear map per token, so projecting before joining equals projecting after);
 - in the last extraction layer of each stream only token 0 is computed, the one its pooler reads.
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from interbert.finetuning.scoring import Embedded
+from interbert.evaluation.pair_scoring import Embedded
 from interbert.modeling.heads import ITM_MATCHED
 
 PRECISIONS = {"exact": None, "bf16": torch.bfloat16}
