@@ -3,7 +3,7 @@ length t and the same region count r, so no pair carries padding.
 
 The joint input [regions ; text] of each pair is exactly r + t real tokens: no padding work, and
 attention runs without a mask. What does not depend on the pair is computed once:
-- the embeddings of every region and every token (`pair_scoring.PairScorer.embed_*`);
+- the embeddings of every region and every token (`pair_scoring.PairEmbedder.embed_*`);
 - the first interaction layer's query, key and value projections of every region and every token
   (a linear map per token, so projecting before joining equals projecting after);
 - in the last extraction layer of each stream only token 0 is computed, the one its pooler reads.
@@ -85,7 +85,7 @@ class BucketScorer:
     """Match probabilities of pairs whose captions share one length and images one region count.
 
     model: an InterBertForPretraining in evaluation mode (`model_in_precision`); texts, images: the
-    Embedded captions and images (`PairScorer.embed_*`), cast once to the model's dtype, with the
+    Embedded captions and images (`PairEmbedder.embed_*`), cast once to the model's dtype, with the
     first interaction layer's projections of every row computed once."""
 
     def __init__(self, model, texts: Embedded, images: Embedded):

@@ -3,7 +3,7 @@
     result = evaluate_full_retrieval(model, corpus, device=..., dtype=..., two_stage_k=20)
 
 `corpus` is the data package's RetrievalCorpus (decoded region features cached per image).
-Region and text embeddings are computed once (`pair_scoring.PairScorer`); the C×I pairs are grouped
+Region and text embeddings are computed once (`pair_scoring.PairEmbedder`); the C×I pairs are grouped
 into buckets of one caption length × one region count and cut into blocks, so no pair is padded
 and attention runs without a mask (`bucket_scoring.BucketScorer`, which also computes the first
 interaction layer's projections once per caption and image); every rank of an initialised
@@ -28,7 +28,7 @@ import torch
 from interbert.data.regions import pad_regions, select_regions
 from interbert.evaluation.metrics import chance_metrics, format_table, retrieval_metrics
 from interbert.evaluation.bucket_scoring import BucketScorer, length_groups, model_in_precision
-from interbert.evaluation.pair_scoring import Embedded, PairScorer, embed_in_chunks, pairs_per_batch
+from interbert.evaluation.pair_scoring import Embedded, PairEmbedder, embed_in_chunks, pairs_per_batch
 
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of transient activations per forward pass
 
@@ -110,19 +110,19 @@ def bucket_blocks(texts: Embedded, images: Embedded, pair_batch: int) -> list:
             for block in _blocks(text_rows, image_rows, pair_batch)]
 
 
-def score_all_pairs(scorer: PairScorer, texts: Embedded, images: Embedded, pair_batch: int,
+def score_all_pairs(embedder: PairEmbedder, texts: Embedded, images: Embedded, pair_batch: int,
                     collective: bool = True, scoring_model=None) -> torch.Tensor:
     """C×I scores of every pair of the embedded captions and images, bucket by bucket, with
-    `scoring_model` (default: the scorer's model; `bucket_scoring.model_in_precision`). Collective:
+    `scoring_model` (default: the embedder's model; `bucket_scoring.model_in_precision`). Collective:
     each rank scores its blocks and the matrix is summed over ranks; otherwise this rank scores
     everything."""
     rank, world = rank_and_world() if collective else (0, 1)
-    grid_scorer = BucketScorer(scorer.model if scoring_model is None else scoring_model, texts, images)
+    grid_scorer = BucketScorer(embedder.model if scoring_model is None else scoring_model, texts, images)
     scores = torch.zeros(texts.hidden.shape[0], images.hidden.shape[0], dtype=torch.float32)
     for j, (text_rows, image_rows) in enumerate(bucket_blocks(texts, images, pair_batch)):
         if j % world == rank:
             scores[text_rows[:, None], image_rows[None, :]] = grid_scorer.score_grid(text_rows, image_rows)
-    return _sum_over_ranks(scores, scorer.device) if collective else scores
+    return _sum_over_ranks(scores, embedder.device) if collective else scores
 
 
 def score_pair_list(scorer: BucketScorer, text_rows: torch.Tensor, image_rows: torch.Tensor,
@@ -139,13 +139,13 @@ def score_pair_list(scorer: BucketScorer, text_rows: torch.Tensor, image_rows: t
     return _sum_over_ranks(scores, scorer.device)
 
 
-def _embed_corpus(scorer: PairScorer, corpus, reduced_regions: int | None = None) -> tuple[Embedded, Embedded]:
-    texts = embed_in_chunks(scorer.embed_texts, corpus.text_batch, list(range(len(corpus))))
+def _embed_corpus(embedder: PairEmbedder, corpus, reduced_regions: int | None = None) -> tuple[Embedded, Embedded]:
+    texts = embed_in_chunks(embedder.embed_texts, corpus.text_batch, list(range(len(corpus))))
     if reduced_regions is None:
         make_images = corpus.image_batch
     else:
         make_images = lambda indices: reduced_image_batch(corpus, indices, reduced_regions)  # noqa: E731
-    images = embed_in_chunks(scorer.embed_images, make_images, list(range(len(corpus.image_ids))))
+    images = embed_in_chunks(embedder.embed_images, make_images, list(range(len(corpus.image_ids))))
     return texts, images
 
 
@@ -171,7 +171,7 @@ def evaluate_full_retrieval(model, corpus, *, device: torch.device | None = None
     was_training = model.training
     model.eval()
     try:
-        embedder = PairScorer(model, device, dtype)
+        embedder = PairEmbedder(model, device, dtype)
         scoring_model = model_in_precision(model, precision)
         start = time.perf_counter()
         texts, images = _embed_corpus(embedder, corpus)

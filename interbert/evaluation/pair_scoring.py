@@ -1,14 +1,7 @@
-"""Scoring many (caption, image) pairs with the ITM head, computing each part once.
-
-InterBERT's interaction module attends over [regions ; text] jointly, so every pair needs its
-own pass through the transformer stacks; what does not depend on the pair is computed once:
-- region embeddings (the 2048→H projection of every region, its location, LayerNorm) once per
-  image, and text embeddings once per caption;
-- only the first row of the last extraction layer of each stream is computed, because the ITM
-  head reads nothing else (the poolers take token 0);
-- pairs are formed from captions sorted by length and images sorted by region count, and each
-  block is cut to its own longest caption and image, so little attention is spent on padding.
-The scores equal `InterBertForPretraining.itm_score` on the same pairs (up to float rounding).
+"""What pair scoring computes once rather than per pair: the embeddings of every image and
+every caption (`PairEmbedder`), chunked over a corpus (`embed_in_chunks`), and how many pairs a
+forward pass may hold (`pairs_per_batch`). The pairs themselves are scored by
+`bucket_scoring.BucketScorer`.
 """
 from __future__ import annotations
 
@@ -18,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 from interbert.modeling import InterBertForPretraining
-from interbert.modeling.heads import ITM_MATCHED
 
 
 @dataclass
@@ -30,27 +22,8 @@ class Embedded:
     lengths: torch.Tensor
 
 
-def _first_row_of_last_layer(stack, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Run a TransformerStack but compute only token 0 in its last layer: B×H."""
-    if len(stack.layer) == 0:
-        return hidden[:, 0]
-    for layer in stack.layer[:-1]:
-        hidden = layer(hidden, mask)
-    last = stack.layer[-1]
-    attention = last.attention.self
-    batch, length, width = hidden.shape
-    heads, size = attention.num_heads, attention.head_size
-    query = attention.query(hidden[:, :1]).view(batch, 1, heads, size).transpose(1, 2)
-    key = attention.key(hidden).view(batch, length, heads, size).transpose(1, 2)
-    value = attention.value(hidden).view(batch, length, heads, size).transpose(1, 2)
-    mixed = F.scaled_dot_product_attention(query, key, value, attn_mask=mask[:, None, None, :])
-    mixed = mixed.transpose(1, 2).reshape(batch, 1, width)
-    attended = last.attention.output(mixed, hidden[:, :1])
-    return last.output(last.intermediate(attended), attended)[:, 0]
-
-
-class PairScorer:
-    """Match probabilities of pairs, for a model in evaluation mode (no dropout)."""
+class PairEmbedder:
+    """Region and text embeddings of a model in evaluation mode (no dropout), in `dtype` on `device`."""
 
     def __init__(self, model: InterBertForPretraining, device: torch.device, dtype: torch.dtype):
         self.model = model
@@ -75,47 +48,6 @@ class PairScorer:
         hidden = self.backbone.embeddings(self._to(text_batch["input_ids"]), self._to(text_batch["token_type_ids"]))
         mask = text_batch["text_mask"].to(self.device).bool()
         return Embedded(hidden, mask, mask.sum(1))
-
-    @torch.inference_mode()
-    def score_pairs(self, texts: Embedded, text_rows: torch.Tensor, images: Embedded,
-                    image_rows: torch.Tensor) -> torch.Tensor:
-        """P float32 scores of the pairs (text_rows[p], image_rows[p]) (rows of the Embedded)."""
-        text_rows, image_rows = text_rows.to(self.device), image_rows.to(self.device)
-        t = int(texts.lengths[text_rows].max())
-        r = int(images.lengths[image_rows].max())
-        hidden = torch.cat([images.hidden[image_rows, :r], texts.hidden[text_rows, :t]], dim=1)
-        mask = torch.cat([images.mask[image_rows, :r], texts.mask[text_rows, :t]], dim=1)
-        return self._score_joint(hidden, mask, r)
-
-    @torch.inference_mode()
-    def score_grid(self, texts: Embedded, text_rows: torch.Tensor, images: Embedded,
-                   image_rows: torch.Tensor) -> torch.Tensor:
-        """len(text_rows)×len(image_rows) scores of every combination. The joint input is written
-        once, by broadcasting each image's and each caption's rows into one buffer."""
-        text_rows, image_rows = text_rows.to(self.device), image_rows.to(self.device)
-        t = int(texts.lengths[text_rows].max())
-        r = int(images.lengths[image_rows].max())
-        num_texts, num_images = text_rows.numel(), image_rows.numel()
-        width = images.hidden.shape[-1]
-        hidden = torch.empty(num_texts, num_images, r + t, width, dtype=images.hidden.dtype, device=self.device)
-        hidden[:, :, :r] = images.hidden[image_rows, :r][None]
-        hidden[:, :, r:] = texts.hidden[text_rows, :t][:, None]
-        mask = torch.empty(num_texts, num_images, r + t, dtype=torch.bool, device=self.device)
-        mask[:, :, :r] = images.mask[image_rows, :r][None]
-        mask[:, :, r:] = texts.mask[text_rows, :t][:, None]
-        scores = self._score_joint(hidden.view(-1, r + t, width), mask.view(-1, r + t), r)
-        return scores.view(num_texts, num_images)
-
-    def _score_joint(self, hidden: torch.Tensor, mask: torch.Tensor, r: int) -> torch.Tensor:
-        """hidden: P×(r+t)×H embedded [regions ; text], mask P×(r+t). Returns P float32 scores."""
-        backbone = self.backbone
-        joint = backbone.interaction(hidden, mask)
-        image_first = _first_row_of_last_layer(backbone.image_extraction, joint[:, :r], mask[:, :r])
-        text_first = _first_row_of_last_layer(backbone.text_extraction, joint[:, r:], mask[:, r:])
-        pooled_image = backbone.image_pooler(image_first[:, None])
-        pooled_text = backbone.text_pooler(text_first[:, None])
-        logits = self.model.itm_head(pooled_text, pooled_image)
-        return logits.float().softmax(-1)[:, ITM_MATCHED].cpu()
 
 
 def embed_in_chunks(embed, make_batch, indices, chunk: int = 256) -> Embedded:

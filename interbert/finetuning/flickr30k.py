@@ -29,7 +29,7 @@ from interbert.data.tokenization import load_tokenizer, tokenize_captions
 from interbert.data.regions import pad_regions
 from interbert.finetuning.batching import pad_texts, sample_rng
 from interbert.evaluation.full_retrieval import score_all_pairs
-from interbert.evaluation.pair_scoring import PairScorer, embed_in_chunks
+from interbert.evaluation.pair_scoring import PairEmbedder, embed_in_chunks
 
 NOT_MINED = -1
 
@@ -146,7 +146,7 @@ class HardNegativeMiner:
         was_training = model.training
         model.eval()
         try:
-            scorer = PairScorer(model, self.device, self.dtype)
+            scorer = PairEmbedder(model, self.device, self.dtype)
             captions = self.upcoming()
             rng = np.random.Generator(np.random.PCG64([self.seed, 7, self.refreshes, self.sampler.rank]))
             dataset = self.dataset

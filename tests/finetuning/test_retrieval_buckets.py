@@ -1,5 +1,5 @@
 """Bucketed pair scoring: every block holds one caption length and one region count; its
-unpadded, unmasked scores equal the padded, masked scoring of the same pairs; the bf16 precision
+unpadded, unmasked scores equal the model's own padded, masked `itm_score` of the same pairs; the bf16 precision
 stays close to fp32 and leaves the model untouched."""
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import torch
 from interbert.data.retrieval import RetrievalCorpus
 from interbert.evaluation.bucket_scoring import BucketScorer, length_groups, model_in_precision
 from interbert.evaluation.full_retrieval import bucket_blocks, evaluate_full_retrieval, score_all_pairs, score_pair_list
-from interbert.evaluation.pair_scoring import PairScorer, embed_in_chunks
+from interbert.evaluation.pair_scoring import PairEmbedder, embed_in_chunks
+from interbert.modeling.pretraining import INPUT_KEYS
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,7 @@ def corpus(ft_corpus):
 
 @pytest.fixture(scope="module")
 def embedded(corpus, tiny_model):
-    scorer = PairScorer(tiny_model, torch.device("cpu"), torch.float32)
+    scorer = PairEmbedder(tiny_model, torch.device("cpu"), torch.float32)
     texts = embed_in_chunks(scorer.embed_texts, corpus.text_batch, list(range(len(corpus))))
     images = embed_in_chunks(scorer.embed_images, corpus.image_batch, list(range(len(corpus.image_ids))))
     return scorer, texts, images
@@ -42,14 +43,17 @@ def test_bucket_blocks_cover_every_pair_once_each_within_one_bucket(embedded):
     assert torch.equal(covered, torch.ones_like(covered))
 
 
-def test_unpadded_bucket_scores_equal_padded_masked_scores(embedded, tiny_model):
-    scorer, texts, images = embedded
-    every_text, every_image = torch.arange(texts.lengths.numel()), torch.arange(images.lengths.numel())
-    padded = scorer.score_grid(texts, every_text, images, every_image)
+def test_unpadded_bucket_scores_equal_the_models_padded_masked_scores(embedded, corpus, tiny_model):
+    _, texts, images = embedded
     buckets = BucketScorer(tiny_model, texts, images)
-    unpadded = torch.full_like(padded, float("nan"))
+    unpadded = torch.full((texts.lengths.numel(), images.lengths.numel()), float("nan"))
     for text_rows, image_rows in bucket_blocks(texts, images, pair_batch=64):
         unpadded[text_rows[:, None], image_rows[None, :]] = buckets.score_grid(text_rows, image_rows)
+    captions, images_count = unpadded.shape
+    with torch.no_grad():
+        padded = torch.stack([tiny_model.itm_score(**{key: value for key, value in corpus.pair_batch(
+            [caption] * images_count, list(range(images_count))).items() if key in INPUT_KEYS})
+            for caption in range(captions)])
     assert torch.allclose(unpadded, padded, atol=1e-6)
 
 
