@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from interbert.data.feature_store import FeatureStore, FeatureStoreWriter
+from interbert.data.feature_store import FeatureStore
+from interbert.data.store_writer import FeatureStoreWriter
 from interbert.data.loader import build_pretraining_loader
 from interbert.data.manifests import write_manifest
 from interbert.data.pretraining_dataset import PretrainingDataset

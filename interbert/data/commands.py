@@ -1,4 +1,8 @@
-"""``interbert data ...``: synth, convert-tsv, convert-npz, captions, verify."""
+"""``interbert data ...``: synth, the converters, captions, verify, migrate, merge.
+
+Start-up stays light: nothing here imports torch or the model; each command imports its module
+when it runs.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,15 +11,26 @@ import sys
 from interbert.data.feature_store import FeatureStoreError
 
 
-def _report_writer(writer, out: str) -> int:
-    metadata = writer.metadata
+def report_conversion(result, out: str) -> int:
+    """Print what a converter wrote and skipped; the exit status (0)."""
+    metadata = result.metadata
     print(f"wrote {out}: {metadata.record_count} images, {metadata.region_count} regions, "
           f"feature size {metadata.feature_size}, class distributions: {metadata.has_class_probs}")
-    for problem, count in sorted(writer.skipped.items()):
-        print(f"skipped {count} images ({problem}); first: {'; '.join(writer.skip_examples[problem])}")
-    if writer.skipped:
+    for problem, count in sorted(result.skipped.items()):
+        print(f"skipped {count} images ({problem}); first: {'; '.join(result.skip_examples[problem])}")
+    if result.skipped:
         print("(--strict turns skipped images into errors)")
     return 0
+
+
+def conversion_options(args: argparse.Namespace):
+    """The ConversionOptions of a converter's flags (``store_flags``)."""
+    from interbert.data.conversion import ConversionOptions
+
+    return ConversionOptions(out=args.out, feature_size=args.feature_size, num_classes=args.num_classes,
+                             strict=args.strict, overwrite=args.overwrite, workers=args.workers,
+                             shards=args.shards, skip_unreadable=args.skip_unreadable,
+                             objects_id_base=args.objects_id_base)
 
 
 def run_synth(args: argparse.Namespace) -> int:
@@ -31,19 +46,15 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_convert_tsv(args: argparse.Namespace) -> int:
-    from interbert.data.converters import convert_tsv
+    from interbert.data.tsv import convert_tsv
 
-    writer = convert_tsv(args.tsv, args.out, feature_size=args.feature_size, num_classes=args.num_classes,
-                         columns=args.columns, strict=args.strict, overwrite=args.overwrite)
-    return _report_writer(writer, args.out)
+    return report_conversion(convert_tsv(args.tsv, conversion_options(args), columns=args.columns), args.out)
 
 
 def run_convert_npz(args: argparse.Namespace) -> int:
-    from interbert.data.converters import convert_npz
+    from interbert.data.npz import convert_npz
 
-    writer = convert_npz(args.folder, args.out, feature_size=args.feature_size, num_classes=args.num_classes,
-                         strict=args.strict, overwrite=args.overwrite)
-    return _report_writer(writer, args.out)
+    return report_conversion(convert_npz(args.folder, conversion_options(args)), args.out)
 
 
 def run_captions(args: argparse.Namespace) -> int:
@@ -68,11 +79,11 @@ def run_verify(args: argparse.Namespace) -> int:
     return 0 if report.clean else 1
 
 
-def _guarded(func):
+def guarded(func):
     """Turn the data path's own errors into a one-line message and exit status 2."""
     def run(args: argparse.Namespace) -> int:
         from interbert.data.captions import CaptionFormatError
-        from interbert.data.converters import ConversionError
+        from interbert.data.detections import ConversionError
         from interbert.data.manifests import ManifestError
 
         try:
@@ -84,11 +95,21 @@ def _guarded(func):
     return run
 
 
-def _store_flags(parser: argparse.ArgumentParser) -> None:
+def store_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags every converter shares (see ``conversion_options``)."""
     parser.add_argument("--out", required=True, help="the feature store directory to create")
     parser.add_argument("--feature-size", type=int, default=2048, help="values per region feature (default 2048)")
-    parser.add_argument("--num-classes", type=int, default=1601, help="detector classes (default 1601)")
+    parser.add_argument("--num-classes", type=int, default=1601,
+                        help="detector classes with the background at 0 (default 1601, Visual Genome)")
+    parser.add_argument("--objects-id-base", type=int, choices=(0, 1), default=0,
+                        help="0 (default): objects_id counts classes without the background, as the public "
+                             "extractors write it, and is stored +1; 1: it already counts the background")
+    parser.add_argument("--workers", type=int, default=1, help="processes that parse and encode (default 1)")
+    parser.add_argument("--shards", type=int, default=1,
+                        help="LMDB environments to spread the store over (default 1; see docs/data.md)")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad image instead of skipping it")
+    parser.add_argument("--skip-unreadable", action="store_true",
+                        help="count and skip records that cannot be read (default: stop at the first)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
 
 
@@ -109,20 +130,21 @@ def register(subparsers) -> None:
     synth.add_argument("--class-probs", choices=("auto", "on", "off"), default="auto",
                        help="store detector class distributions (auto: on up to 20,000 images)")
     synth.add_argument("--overwrite", action="store_true")
-    synth.set_defaults(func=_guarded(run_synth))
+    synth.set_defaults(func=guarded(run_synth))
 
-    tsv = commands.add_parser("convert-tsv", help="bottom-up-attention TSV files -> feature store")
-    _store_flags(tsv)
+    tsv = commands.add_parser("convert-tsv", help="bottom-up-attention / LXMERT TSV files -> feature store")
+    store_flags(tsv)
     tsv.add_argument("--columns", default=None,
-                     help="column names, comma-separated, or a preset (bottom-up, lxmert); default: the header "
-                          "row if there is one, else by column count")
+                     help="column names, comma-separated, or a preset (bottom-up, bottom-up-cls-prob, "
+                          "bottom-up-detections, bottom-up-cls-prob-detections, lxmert); default: the header row "
+                          "if there is one, else recognised from the first row")
     tsv.add_argument("tsv", nargs="+", help="TSV files")
-    tsv.set_defaults(func=_guarded(run_convert_tsv))
+    tsv.set_defaults(func=guarded(run_convert_tsv))
 
     npz = commands.add_parser("convert-npz", help="a folder of per-image .npz files -> feature store")
-    _store_flags(npz)
+    store_flags(npz)
     npz.add_argument("folder", help="folder searched recursively for *.npz (image id = file name)")
-    npz.set_defaults(func=_guarded(run_convert_npz))
+    npz.set_defaults(func=guarded(run_convert_npz))
 
     captions = commands.add_parser("captions", help="caption corpora -> caption manifest (JSON lines)")
     captions.add_argument("--format", required=True, choices=("coco", "cc", "sbu", "flickr30k"))
@@ -132,10 +154,13 @@ def register(subparsers) -> None:
                           help="cc/sbu: how an image id is made from a row (default: the 0-based row index)")
     captions.add_argument("--strict", action="store_true", help="an empty caption is an error, not a counted skip")
     captions.add_argument("input", nargs="+", help="input files (sbu: captions.txt urls.txt, or one JSON)")
-    captions.set_defaults(func=_guarded(run_captions))
+    captions.set_defaults(func=guarded(run_captions))
 
     check = commands.add_parser("verify", help="check a feature store and caption manifests; exit 0 when clean")
     check.add_argument("--features", default=None, help="feature store directory")
     check.add_argument("--captions", nargs="*", default=None, help="caption manifests (.jsonl)")
     check.add_argument("--box-tolerance", type=float, default=1.0, help="pixels a box may exceed the image by")
-    check.set_defaults(func=_guarded(run_verify))
+    check.set_defaults(func=guarded(run_verify))
+
+    from interbert.data.peer_commands import register_peer_converters
+    register_peer_converters(commands)

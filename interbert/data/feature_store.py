@@ -1,10 +1,16 @@
-"""The region-feature store: one LMDB environment (a directory), one record per image.
+"""The region-feature store: LMDB environments (directories), one record per image.
 
-Keys are image ids (utf-8); values are records in the layout of ``record_format``. One reserved
-key, ``__interbert_metadata__``, holds a JSON object (``StoreMetadata``). Writers build the store
-under ``<path>.tmp-<pid>`` and rename it on success, so an interrupted run leaves nothing under
-the final name. Readers open lazily, read-only, without locks or readahead, and reopen after a
-fork, so one ``FeatureStore`` object can be handed to forked data-loader workers.
+A single store is one LMDB environment: keys are image ids (utf-8), values are records in the
+layout of ``record_format``, and one reserved key, ``__interbert_metadata__``, holds a JSON object
+(``StoreMetadata``). A sharded store is a directory with ``store.json`` (the same metadata plus
+``groups``: lists of shard directories, each a single store) for terabyte corpora; an image lives
+in shard ``xxh3_64(id) % len(group)`` of its group, and stores made on different machines are
+merged by listing their groups (``interbert data merge``). Readers treat both alike.
+
+Writers (``store_writer``) build under ``<path>.tmp-<pid>`` and rename on success, so an
+interrupted run leaves nothing under the final name. Readers open lazily, read-only, without
+locks or readahead, and reopen after a fork, so one ``FeatureStore`` object can be handed to
+forked data-loader workers.
 """
 from __future__ import annotations
 
@@ -20,13 +26,25 @@ from typing import Iterator, Optional
 import lmdb
 import numpy as np
 
-from interbert.data.record_format import (FORMAT_VERSION, RecordFormatError, RegionRecord,
-                                          decode_record, encode_record)
+import xxhash
+
+from interbert.data.record_format import (CHECKSUM, FORMAT_VERSION, LEGACY_VERSION, RecordFormatError,
+                                          RegionRecord, decode_record)
 
 METADATA_KEY = b"__interbert_metadata__"
+SHARDED_METADATA_FILE = "store.json"
 DEFAULT_FEATURE_SIZE = 2048
 DEFAULT_NUM_CLASSES = 1601
 STORE_FORMAT = "interbert-feature-store"
+# Labels index the detector's class space with the background at 0 (1601 classes for the Visual
+# Genome detector); -1 means the detector gave no class. Extractors' 0-based ``objects_id``
+# (argmax over the classes without the background) is stored as ``objects_id + 1``.
+LABEL_CONVENTION = "detector-classes-background-0"
+
+
+def shard_of(image_id: str, shards: int) -> int:
+    """The shard (0..shards-1) an image id lives in within a group of ``shards`` shards."""
+    return xxhash.xxh3_64_intdigest(image_id.encode("utf-8")) % shards if shards > 1 else 0
 
 
 class FeatureStoreError(Exception):
@@ -41,7 +59,11 @@ class MissingImageError(FeatureStoreError, KeyError):
 
 
 class CorruptRecordError(FeatureStoreError):
-    """A record's bytes cannot be decoded, or disagree with the store's metadata."""
+    """A record's bytes cannot be decoded, fail their checksum, or disagree with the metadata."""
+
+
+class LegacyStoreError(FeatureStoreError):
+    """The store predates the current schema; the message says how to migrate or rebuild it."""
 
 
 @dataclass
@@ -57,15 +79,25 @@ class StoreMetadata:
     created_at: str = ""
     schema_version: int = FORMAT_VERSION
     format: str = STORE_FORMAT
+    label_convention: str = LABEL_CONVENTION
+    checksum: str = CHECKSUM
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode("utf-8")
 
+    def consistency_key(self) -> tuple:
+        """What every shard of one store must share."""
+        return (self.feature_size, self.num_classes, self.schema_version, self.label_convention)
+
     @classmethod
-    def from_bytes(cls, data: bytes, path: str) -> "StoreMetadata":
+    def from_bytes(cls, data: bytes, path: str, legacy: bool = False) -> "StoreMetadata":
+        """Parse and check a metadata record; ``legacy=True`` accepts schema version 1 (migration)."""
         try:
             fields = json.loads(data)
             known = {k: v for k, v in fields.items() if k in cls.__dataclass_fields__}
+            if fields.get("schema_version", LEGACY_VERSION) < FORMAT_VERSION:
+                known.setdefault("label_convention", "unknown")
+                known.setdefault("checksum", "none")
             metadata = cls(**known)
         except (ValueError, TypeError) as error:
             raise FeatureStoreError(f"feature store {path}: the metadata record is unreadable ({error}); "
@@ -76,6 +108,12 @@ class StoreMetadata:
         if metadata.schema_version > FORMAT_VERSION:
             raise FeatureStoreError(f"feature store {path}: schema version {metadata.schema_version} is "
                                     f"newer than this interbert ({FORMAT_VERSION}); upgrade interbert")
+        if metadata.schema_version < FORMAT_VERSION and not legacy:
+            raise LegacyStoreError(
+                f"feature store {path}: schema version {metadata.schema_version} was written before records "
+                "carried checksums and before labels followed one convention (extractors' 0-based objects_id "
+                "may be stored unshifted); migrate it with `interbert data migrate --out NEW_STORE "
+                f"{path}` or rebuild it with the command that wrote it ({metadata.created_by or 'unknown'})")
         return metadata
 
 
@@ -112,7 +150,26 @@ def record_problems(record: RegionRecord, metadata: StoreMetadata, box_tolerance
                                               f"classes, the store holds {metadata.num_classes}"))
     if record.labels is not None and ((record.labels < -1) | (record.labels >= metadata.num_classes)).any():
         problems.append(("label out of range", f"labels outside -1..{metadata.num_classes - 1}"))
+    elif record.labels is not None and record.class_probs is not None and record.class_probs.shape[1] > 1:
+        disagree = label_disagreements(record.labels, record.class_probs)
+        if disagree:
+            problems.append(("labels disagree with class distribution",
+                             f"{disagree} of {n} labels are not the most likely non-background class"))
     return problems
+
+
+def label_disagreements(labels: np.ndarray, class_probs: np.ndarray) -> int:
+    """How many labels (background at 0, -1 = none) are not an argmax of ``class_probs[:, 1:]``.
+
+    Exact in float16: rounding keeps order, so a true argmax stays one after the cast.
+    """
+    given = labels >= 0
+    if not given.any():
+        return 0
+    rows = np.flatnonzero(given)
+    best = class_probs[rows, 1:].max(axis=1)
+    chosen = class_probs[rows, labels[rows]]
+    return int(((chosen < best) | (labels[rows] == 0)).sum())
 
 
 # py-lmdb allows one open handle per path and process, so every FeatureStore of one path in one
@@ -120,16 +177,16 @@ def record_problems(record: RegionRecord, metadata: StoreMetadata, box_tolerance
 _ENVIRONMENTS: dict = {}
 
 
-def _forget_environment(path) -> None:
+def forget_environment(path) -> None:
     """Close this process's handle on ``path`` (the store there is being replaced)."""
     entry = _ENVIRONMENTS.pop(os.path.realpath(path), None)
     if entry is not None and entry[0] == os.getpid():
         entry[1].close()
 
 
-def _shared_environment(path: str, key: str) -> lmdb.Environment:
-    """This process's handle on the store at ``path`` (``key``: its real path)."""
-    pid = os.getpid()
+def _shared_environment(path: str) -> lmdb.Environment:
+    """This process's read-only handle on the single store at ``path``."""
+    key, pid = os.path.realpath(path), os.getpid()
     entry = _ENVIRONMENTS.get(key)
     if entry is not None and entry[0] == pid:
         return entry[1]
@@ -145,72 +202,122 @@ def _shared_environment(path: str, key: str) -> lmdb.Environment:
     return env
 
 
-class FeatureStore:
-    """Read-only access to a feature store; O(1) lookup by image id, nothing loaded into RAM.
+def read_shard_metadata(path: str, legacy: bool = False) -> StoreMetadata:
+    """The metadata record of the single store (or shard) at ``path``."""
+    if not Path(path, "data.mdb").is_file():
+        raise FeatureStoreError(f"feature store {path}: no LMDB environment there (expected "
+                                f"{Path(path, 'data.mdb')}); build one with `interbert data convert-tsv`, "
+                                "`convert-npz`, `convert-lmdb`, `convert-vinvl` or `synth`")
+    with _shared_environment(path).begin(buffers=False) as txn:
+        data = txn.get(METADATA_KEY)
+    if data is None:
+        raise FeatureStoreError(f"feature store {path}: no metadata record ({METADATA_KEY.decode()}); it was "
+                                "not written by interbert or its writer was interrupted: rebuild it")
+    return StoreMetadata.from_bytes(data, path, legacy=legacy)
 
-    The LMDB environment is opened on first use in each process and shared by every
+
+def read_sharded_layout(path: str) -> tuple:
+    """``(metadata, groups)`` of the sharded store at ``path``: groups are lists of shard paths."""
+    file = Path(path, SHARDED_METADATA_FILE)
+    try:
+        fields = json.loads(file.read_text(encoding="utf-8"))
+        groups = [[str(Path(path, shard)) for shard in group] for group in fields.pop("groups")]
+        if not groups or not all(groups):
+            raise ValueError("no shards listed")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise FeatureStoreError(f"feature store {path}: {file} is unreadable ({error}); rebuild the store or "
+                                "list its shards again with `interbert data merge`") from None
+    return StoreMetadata.from_bytes(json.dumps(fields).encode("utf-8"), str(file)), groups
+
+
+class FeatureStore:
+    """Read-only access to a feature store (single or sharded); lookup by image id, nothing
+    loaded into RAM.
+
+    Each LMDB environment is opened on first use in each process and shared by every
     FeatureStore of the same path there (py-lmdb allows one handle per path and process); the
     opening pid is recorded and the environment reopened after a fork. The object itself holds
     no handle, so it pickles and forks freely. ``get`` reads through a ``buffers=False`` transaction:
     LMDB copies the record's bytes once into a Python ``bytes`` object, which stays valid after
     the transaction ends, and the arrays are ``np.frombuffer`` views of it (no further copy).
-    A ``buffers=True`` read would avoid that one copy but its memory is invalid once the
-    transaction closes, which is unsafe for arrays returned to callers.
+    Every record's checksum is checked when it is decoded.
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = str(path)
-        if not Path(self.path, "data.mdb").is_file():
+        if Path(self.path, SHARDED_METADATA_FILE).is_file():
+            self._metadata, self.groups = read_sharded_layout(self.path)
+        elif Path(self.path, "data.mdb").is_file():
+            self._metadata, self.groups = None, [[self.path]]
+        else:
             raise FeatureStoreError(f"feature store {self.path}: no LMDB environment there (expected "
-                                    f"{Path(self.path, 'data.mdb')}); build one with `interbert data "
-                                    "convert-tsv`, `convert-npz` or `synth`")
-        self._key = os.path.realpath(self.path)
-        self._metadata: Optional[StoreMetadata] = None
-
-    def _environment(self) -> lmdb.Environment:
-        return _shared_environment(self.path, self._key)
+                                    f"{Path(self.path, 'data.mdb')} or {Path(self.path, SHARDED_METADATA_FILE)}); "
+                                    "build one with `interbert data convert-tsv`, `convert-npz`, `convert-lmdb`, "
+                                    "`convert-vinvl` or `synth`")
+        if self._metadata is None:
+            self._metadata = read_shard_metadata(self.path)
 
     @property
     def metadata(self) -> StoreMetadata:
-        if self._metadata is None:
-            with self._environment().begin(buffers=False) as txn:
-                data = txn.get(METADATA_KEY)
-            if data is None:
-                raise FeatureStoreError(f"feature store {self.path}: no metadata record "
-                                        f"({METADATA_KEY.decode()}); it was not written by interbert or "
-                                        "its writer was interrupted: rebuild it")
-            self._metadata = StoreMetadata.from_bytes(data, self.path)
         return self._metadata
+
+    @property
+    def shard_paths(self) -> list:
+        return [shard for group in self.groups for shard in group]
+
+    def _candidates(self, image_id: str) -> list:
+        """The shard paths that may hold ``image_id``: one per group."""
+        return [group[shard_of(image_id, len(group))] for group in self.groups]
 
     def __len__(self) -> int:
         return self.metadata.record_count
 
     def __contains__(self, image_id: str) -> bool:
-        with self._environment().begin(buffers=True) as txn:
-            return txn.get(image_id.encode("utf-8")) is not None
+        return not self.missing([image_id])
+
+    def _lookup_many(self, image_ids, buffers: bool):
+        """Yield ``(image_id, bytes or None)`` for ``image_ids``, one transaction per shard touched."""
+        pending = list(image_ids)
+        for level in range(len(self.groups)):
+            by_shard: dict = {}
+            for image_id in pending:
+                by_shard.setdefault(self._candidates(image_id)[level], []).append(image_id)
+            pending = []
+            for shard, ids in by_shard.items():
+                with _shared_environment(shard).begin(buffers=buffers) as txn:
+                    for image_id in ids:
+                        data = txn.get(image_id.encode("utf-8"))
+                        if data is not None:
+                            yield image_id, data
+                        elif level + 1 < len(self.groups):
+                            pending.append(image_id)
+                        else:
+                            yield image_id, None
 
     def missing(self, image_ids) -> list:
-        """The ids among ``image_ids`` that have no record (one transaction, no record copied)."""
-        with self._environment().begin(buffers=True) as txn:
-            return [i for i in image_ids if txn.get(i.encode("utf-8")) is None]
+        """The ids among ``image_ids`` that have no record (one transaction per shard, no copy)."""
+        found = {image_id for image_id, data in self._lookup_many(image_ids, True) if data is not None}
+        return [image_id for image_id in image_ids if image_id not in found]
+
+    def _missing_error(self, image_id: str) -> MissingImageError:
+        return MissingImageError(f"feature store {self.path}: no record for image id {image_id!r}; check that "
+                                 "the caption manifest and the store use the same ids (`interbert data verify "
+                                 "--features STORE --captions FILE`)")
 
     def get_bytes(self, image_id: str) -> bytes:
-        with self._environment().begin(buffers=False) as txn:
-            data = txn.get(image_id.encode("utf-8"))
-        if data is None:
-            raise MissingImageError(f"feature store {self.path}: no record for image id {image_id!r}; "
-                                    "check that the caption manifest and the store use the same ids "
-                                    "(`interbert data verify --features STORE --captions FILE`)")
-        return data
+        for _, data in self._lookup_many([image_id], False):
+            if data is not None:
+                return data
+        raise self._missing_error(image_id)
 
     def decode(self, image_id: str, data: bytes) -> RegionRecord:
-        """Decode a record's bytes, checking the layout and the feature size against the metadata."""
+        """Decode a record's bytes, checking its checksum, layout and feature size."""
         try:
             record = decode_record(data)
         except RecordFormatError as error:
             raise CorruptRecordError(f"feature store {self.path}: record {image_id!r} is corrupt: {error}; "
-                                     "run `interbert data verify` to list every bad record, then rebuild "
-                                     "the store") from None
+                                     "run `interbert data verify` to list every bad record, then rebuild the store "
+                                     "(training can skip such records with --skip-corrupt)") from None
         size = self.metadata.feature_size
         if record.features.shape[1] != size:
             raise CorruptRecordError(f"feature store {self.path}: record {image_id!r} has "
@@ -222,123 +329,33 @@ class FeatureStore:
         """The record of ``image_id`` (arrays are read-only views; see the class docstring)."""
         return self.decode(image_id, self.get_bytes(image_id))
 
-    def keys(self) -> Iterator[str]:
-        """Every image id, in key order (streams through a cursor)."""
-        with self._environment().begin(buffers=False) as txn:
-            for key in txn.cursor().iternext(keys=True, values=False):
-                if key != METADATA_KEY:
-                    yield key.decode("utf-8")
+    def get_many_bytes(self, image_ids) -> list:
+        """The records' bytes of ``image_ids``, in order (one transaction per shard touched)."""
+        found = dict(self._lookup_many(image_ids, False))
+        for image_id in image_ids:
+            if found.get(image_id) is None:
+                raise self._missing_error(image_id)
+        return [found[image_id] for image_id in image_ids]
 
-    def items_raw(self) -> Iterator[tuple]:
-        """``(image_id, record bytes)`` for every record, in key order."""
-        with self._environment().begin(buffers=False) as txn:
-            for key, value in txn.cursor():
-                if key != METADATA_KEY:
-                    yield key.decode("utf-8"), value
+    def get_many(self, image_ids) -> list:
+        """The records of ``image_ids``, in order, read in one transaction per shard touched."""
+        return [self.decode(i, data) for i, data in zip(image_ids, self.get_many_bytes(image_ids))]
+
+    def keys(self) -> Iterator[str]:
+        """Every image id, shard by shard, in key order within a shard (streams through cursors)."""
+        for shard in self.shard_paths:
+            with _shared_environment(shard).begin(buffers=False) as txn:
+                for key in txn.cursor().iternext(keys=True, values=False):
+                    if key != METADATA_KEY:
+                        yield key.decode("utf-8")
+
+    def items_raw(self, with_shard: bool = False) -> Iterator[tuple]:
+        """``(image_id, record bytes)`` for every record (``with_shard``: ``(shard, id, bytes)``)."""
+        for shard in self.shard_paths:
+            with _shared_environment(shard).begin(buffers=False) as txn:
+                for key, value in txn.cursor():
+                    if key != METADATA_KEY:
+                        yield (shard, key.decode("utf-8"), value) if with_shard else (key.decode("utf-8"), value)
 
     def disk_bytes(self) -> int:
-        return sum(f.stat().st_size for f in Path(self.path).iterdir() if f.is_file())
-
-
-class FeatureStoreWriter:
-    """Builds a store at ``path`` through a temporary directory renamed on success.
-
-    Use as a context manager; ``add`` validates each record (``record_problems``). A record with
-    problems is skipped and counted in ``skipped`` (``strict=True`` raises instead), except a
-    wrong feature size, which is always an error: it means the wrong detector output.
-    """
-
-    def __init__(self, path: str | os.PathLike, feature_size: int = DEFAULT_FEATURE_SIZE,
-                 num_classes: int = DEFAULT_NUM_CLASSES, created_by: str = "", strict: bool = False,
-                 overwrite: bool = False, commit_every: int = 512, box_tolerance: float = 1.0,
-                 map_size: int = 1 << 40):
-        self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise FeatureStoreError(f"{self.path} already exists; remove it or pass --overwrite")
-        self.tmp_path = Path(f"{self.path}.tmp-{os.getpid()}")
-        self.metadata = StoreMetadata(feature_size=feature_size, num_classes=num_classes,
-                                      created_by=created_by)
-        self.strict = strict
-        self.overwrite = overwrite
-        self.commit_every = commit_every
-        self.box_tolerance = box_tolerance
-        self.map_size = map_size
-        self.skipped: Counter = Counter()
-        self.skip_examples: dict = {}
-        self._env = None
-        self._txn = None
-        self._pending = 0
-
-    def __enter__(self) -> "FeatureStoreWriter":
-        if self.tmp_path.exists():
-            shutil.rmtree(self.tmp_path)
-        # The map size only reserves address space; the file grows with what is written.
-        self._env = lmdb.open(str(self.tmp_path), map_size=self.map_size, subdir=True, meminit=False,
-                              readahead=False)
-        self._txn = self._env.begin(write=True)
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self._finish()
-        else:
-            self._abort()
-
-    def _skip(self, problem: str, where: str) -> None:
-        self.skipped[problem] += 1
-        examples = self.skip_examples.setdefault(problem, [])
-        if len(examples) < 5:
-            examples.append(where)
-
-    def add(self, record: RegionRecord, source: str = "") -> bool:
-        """Write ``record``; ``source`` (e.g. ``file.tsv:12``) names it in errors. True if written."""
-        where = f"{source} (image {record.image_id!r})" if source else f"image {record.image_id!r}"
-        key = record.image_id.encode("utf-8")
-        if key.startswith(b"__interbert"):
-            raise FeatureStoreError(f"{where}: image ids starting with '__interbert' are reserved")
-        problems = record_problems(record, self.metadata, self.box_tolerance)
-        for problem, detail in problems:
-            if problem in ("wrong feature size", "wrong class count"):
-                raise FeatureStoreError(f"{where}: {detail}; pass --feature-size/--num-classes if the whole "
-                                        "input really has that size")
-        if problems:
-            if self.strict:
-                raise FeatureStoreError(f"{where}: " + "; ".join(f"{p}: {d}" for p, d in problems)
-                                        + " (without --strict such records are skipped and counted)")
-            self._skip(problems[0][0], where)
-            return False
-        if not self._txn.put(key, encode_record(record), overwrite=False):
-            if self.strict:
-                raise FeatureStoreError(f"{where}: duplicate image id (an earlier record has it)")
-            self._skip("duplicate image id", where)
-            return False
-        self.metadata.record_count += 1
-        self.metadata.region_count += record.num_regions
-        self.metadata.has_class_probs |= record.class_probs is not None
-        self._pending += 1
-        if self._pending >= self.commit_every:
-            self._commit()
-        return True
-
-    def _commit(self) -> None:
-        self._txn.commit()
-        self._txn = self._env.begin(write=True)
-        self._pending = 0
-
-    def _finish(self) -> None:
-        self.metadata.created_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        self._txn.put(METADATA_KEY, self.metadata.to_bytes())
-        self._txn.commit()
-        self._env.sync(True)
-        self._env.close()
-        if self.path.exists():  # only reachable with overwrite=True
-            _forget_environment(self.path)
-            shutil.rmtree(self.path)
-        os.replace(self.tmp_path, self.path)
-
-    def _abort(self) -> None:
-        if self._txn is not None:
-            self._txn.abort()
-        if self._env is not None:
-            self._env.close()
-        shutil.rmtree(self.tmp_path, ignore_errors=True)
+        return sum(f.stat().st_size for shard in self.shard_paths for f in Path(shard).iterdir() if f.is_file())

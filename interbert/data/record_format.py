@@ -9,12 +9,15 @@ A record is::
     offset 12  L bytes   JSON header (utf-8)
     ...        padding to a multiple of ALIGNMENT
     ...        raw little-endian array bytes, each array starting at a multiple of ALIGNMENT
+    end - 8    uint64    xxh3_64 checksum of every byte before it (version 2 on)
 
 The JSON header holds the image's scalars (``image_id``, ``width``, ``height``) and, under
 ``arrays``, each array's ``dtype`` (a numpy type string such as ``"<f2"``), ``shape`` and
 ``offset`` (from the start of the record). Only plain numeric dtypes are accepted, so decoding a
-stranger's store can never run code. Decoding returns ``np.frombuffer`` views into the record's
-bytes: no array is copied.
+stranger's store can never run code. Decoding checks the checksum (about 60 GB/s, a few
+microseconds per record) and returns ``np.frombuffer`` views into the record's bytes: no array is
+copied. Version 1 records (no checksum) are decoded only by ``decode_record(..., legacy=True)``,
+which ``interbert data migrate`` uses.
 """
 from __future__ import annotations
 
@@ -24,11 +27,15 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
 import numpy as np
+import xxhash
 
 MAGIC = b"IBRF"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+LEGACY_VERSION = 1  # before checksums and the background-at-0 label convention
 ALIGNMENT = 16
+CHECKSUM = "xxh3_64"
 _PREFIX = struct.Struct("<4sHHI")
+_TRAILER = struct.Struct("<Q")
 # Plain numeric little-endian dtypes only: no object arrays, nothing that needs pickle.
 ALLOWED_DTYPES = frozenset({"<f2", "<f4", "<f8", "<i2", "<i4", "<i8", "|u1", "|i1", "<u2", "<u4"})
 # The arrays every record must have, and their dtypes on disk.
@@ -39,6 +46,27 @@ OPTIONAL_ARRAYS = {"labels": "<i4", "confidences": "<f4", "class_probs": "<f2",
 
 class RecordFormatError(ValueError):
     """A record's bytes do not follow the layout above; the message says what is wrong."""
+
+
+class ChecksumError(RecordFormatError):
+    """A record's bytes changed after it was written (its checksum does not match)."""
+
+
+def record_checksum(data) -> int:
+    """The xxh3_64 checksum of ``data`` (bytes or a memoryview)."""
+    return xxhash.xxh3_64_intdigest(data)
+
+
+def check_record_checksum(data: bytes) -> None:
+    """Raise ChecksumError unless the trailer of a version-2 record matches its bytes."""
+    if len(data) < _PREFIX.size + _TRAILER.size:
+        raise RecordFormatError(f"record is {len(data)} bytes, too short to hold a checksum")
+    view = memoryview(data)
+    (stored,) = _TRAILER.unpack_from(data, len(data) - _TRAILER.size)
+    actual = record_checksum(view[:len(data) - _TRAILER.size])
+    if stored != actual:
+        raise ChecksumError(f"checksum mismatch (stored {stored:016x}, bytes give {actual:016x}): "
+                            "the record's bytes changed after it was written")
 
 
 @dataclass
@@ -76,8 +104,11 @@ def _aligned(n: int) -> int:
     return (n + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
 
 
-def encode_record(record: RegionRecord) -> bytes:
-    """Serialise ``record``, casting each array to its on-disk dtype (features to float16)."""
+def encode_record(record: RegionRecord, version: int = FORMAT_VERSION) -> bytes:
+    """Serialise ``record``, casting each array to its on-disk dtype (features to float16).
+
+    ``version=1`` writes the legacy layout without a checksum (for migration tests only).
+    """
     arrays = {}
     for name, array in record.arrays().items():
         dtype = REQUIRED_ARRAYS.get(name) or OPTIONAL_ARRAYS.get(name) or np.asarray(array).dtype.str
@@ -98,19 +129,24 @@ def encode_record(record: RegionRecord) -> bytes:
         if start == offset:
             break
         offset = start
-    out = bytearray(cursor)
-    _PREFIX.pack_into(out, 0, MAGIC, FORMAT_VERSION, 0, len(header_bytes))
+    trailer = _TRAILER.size if version >= FORMAT_VERSION else 0
+    out = bytearray(cursor + trailer)
+    _PREFIX.pack_into(out, 0, MAGIC, version, 0, len(header_bytes))
     out[_PREFIX.size:_PREFIX.size + len(header_bytes)] = header_bytes
+    view = memoryview(out)
     for name, array in arrays.items():
         begin = specs[name]["offset"]
-        out[begin:begin + array.nbytes] = array.tobytes()
+        view[begin:begin + array.nbytes] = array.reshape(-1).view(np.uint8)
+    if trailer:
+        _TRAILER.pack_into(out, cursor, record_checksum(view[:cursor]))
     return bytes(out)
 
 
-def decode_record(data: bytes) -> RegionRecord:
+def decode_record(data: bytes, legacy: bool = False) -> RegionRecord:
     """Decode a record into zero-copy views of ``data`` (which must outlive the arrays).
 
-    Raises RecordFormatError naming the first inconsistency found.
+    The checksum is checked first. ``legacy=True`` also accepts version-1 records (no checksum).
+    Raises RecordFormatError (ChecksumError for altered bytes) naming the first inconsistency.
     """
     if len(data) < _PREFIX.size:
         raise RecordFormatError(f"record is {len(data)} bytes, shorter than the {_PREFIX.size}-byte prefix")
@@ -120,6 +156,13 @@ def decode_record(data: bytes) -> RegionRecord:
     if version > FORMAT_VERSION:
         raise RecordFormatError(f"format version {version} is newer than this reader ({FORMAT_VERSION}); "
                                 "upgrade interbert")
+    if version == FORMAT_VERSION:
+        end = len(data) - _TRAILER.size
+    elif version == LEGACY_VERSION and legacy:
+        end = len(data)
+    else:
+        raise RecordFormatError(f"format version {version} predates checksums and the background-at-0 label "
+                                "convention; migrate the store with `interbert data migrate`")
     if _PREFIX.size + header_len > len(data):
         raise RecordFormatError(f"header length {header_len} runs past the end of the "
                                 f"{len(data)}-byte record (truncated?)")
@@ -138,10 +181,12 @@ def decode_record(data: bytes) -> RegionRecord:
             raise RecordFormatError(f"array {name!r} has dtype {dtype!r}, not a plain numeric type")
         count = int(np.prod(shape, dtype=np.int64))
         nbytes = count * np.dtype(dtype).itemsize
-        if offset < _PREFIX.size + header_len or offset + nbytes > len(data) or count < 0:
+        if offset < _PREFIX.size + header_len or offset + nbytes > end or count < 0:
             raise RecordFormatError(f"array {name!r} (bytes {offset}..{offset + nbytes}) lies outside the "
-                                    f"{len(data)}-byte record (truncated?)")
+                                    f"{end}-byte record body (truncated?)")
         arrays[name] = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
+    if version == FORMAT_VERSION:  # after the layout checks, whose messages say more about truncation
+        check_record_checksum(data)
     for name in REQUIRED_ARRAYS:
         if name not in arrays:
             raise RecordFormatError(f"required array {name!r} is missing")

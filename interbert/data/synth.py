@@ -24,7 +24,8 @@ from typing import Optional
 import numpy as np
 from tqdm import tqdm
 
-from interbert.data.feature_store import DEFAULT_FEATURE_SIZE, DEFAULT_NUM_CLASSES, FeatureStoreWriter
+from interbert.data.feature_store import DEFAULT_FEATURE_SIZE, DEFAULT_NUM_CLASSES
+from interbert.data.store_writer import FeatureStoreWriter
 from interbert.data.manifests import write_manifest
 from interbert.data.record_format import RegionRecord
 

@@ -6,7 +6,7 @@ import json
 import lmdb
 import numpy as np
 
-from interbert.data.feature_store import FeatureStoreWriter
+from interbert.data.store_writer import FeatureStoreWriter
 from interbert.data.record_format import RegionRecord
 
 FEATURE_SIZE = 2048
@@ -20,11 +20,13 @@ def make_record(image_id: str, num_regions: int = 5, seed: int = 0, class_probs:
     wh = rng.uniform(20, 200, (num_regions, 2))
     boxes = np.concatenate([xy, np.minimum(xy + wh, [width, height])], axis=1).astype(np.float32)
     probs = None
-    if class_probs:
-        probs = rng.dirichlet(np.ones(1601), num_regions).astype(np.float32)
+    labels = rng.integers(1, 1601, num_regions).astype(np.int32)
+    if class_probs:  # labels in the background-at-0 space agree with the distribution
+        probs = rng.dirichlet(np.ones(1601), num_regions).astype(np.float16).astype(np.float32)
+        labels = (probs[:, 1:].argmax(axis=1) + 1).astype(np.int32)
     return RegionRecord(image_id=image_id, width=width, height=height,
                         features=rng.uniform(0, 4, (num_regions, feature_size)).astype(np.float32),
-                        boxes=boxes, labels=rng.integers(1, 1601, num_regions).astype(np.int32),
+                        boxes=boxes, labels=labels,
                         confidences=rng.uniform(0.1, 1.0, num_regions).astype(np.float32), class_probs=probs)
 
 

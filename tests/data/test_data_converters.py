@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 
 from data_test_helpers import make_record
-from interbert.data.converters import ConversionError, convert_npz, convert_tsv
+from interbert.data.conversion import ConversionOptions
+from interbert.data.detections import ConversionError
 from interbert.data.feature_store import FeatureStore
+from interbert.data.npz import convert_npz
+from interbert.data.tsv import convert_tsv
 
 
 def _b64(array) -> str:
@@ -31,14 +34,14 @@ def test_tsv_round_trip_equals_input_up_to_fp16(tmp_path):
     first, second = tmp_path / "a.tsv", tmp_path / "b.tsv"
     first.write_text("".join(tsv_row(r, with_detections=True) for r in records[:2]))
     second.write_text(tsv_row(records[2], with_detections=True))
-    convert_tsv([first, second], str(tmp_path / "store"))
+    convert_tsv([first, second], ConversionOptions(str(tmp_path / "store")))
     store = FeatureStore(tmp_path / "store")
     assert len(store) == 3
     for record in records:
         back = store.get(record.image_id)
         np.testing.assert_array_equal(back.features, record.features.astype(np.float16))
         np.testing.assert_array_equal(back.boxes, record.boxes)
-        np.testing.assert_array_equal(back.labels, record.labels)
+        np.testing.assert_array_equal(back.labels, record.labels + 1)  # 0-based objects_id, background at 0
         np.testing.assert_array_equal(back.confidences, record.confidences)
         assert back.extras["attr_labels"].shape == (record.num_regions, 1)
 
@@ -49,7 +52,7 @@ def test_tsv_cls_prob_gives_labels_confidences_and_distribution(tmp_path):
     probs[:, 0] = 0.5  # background is never the label
     probs[[0, 1, 2], [10, 20, 30]] = 0.4
     (tmp_path / "a.tsv").write_text(tsv_row(record, cls_prob=probs))
-    convert_tsv([tmp_path / "a.tsv"], str(tmp_path / "store"))
+    convert_tsv([tmp_path / "a.tsv"], ConversionOptions(str(tmp_path / "store")))
     back = FeatureStore(tmp_path / "store").get("7")
     assert back.labels.tolist() == [10, 20, 30]
     np.testing.assert_allclose(back.confidences, 0.4)
@@ -60,7 +63,7 @@ def test_tsv_header_row_names_the_columns(tmp_path):
     record = make_record("9", num_regions=2)
     header = "img_id\timg_w\timg_h\tnum_boxes\tboxes\tfeatures\n"
     (tmp_path / "a.tsv").write_text(header + tsv_row(record))
-    convert_tsv([tmp_path / "a.tsv"], str(tmp_path / "store"))
+    convert_tsv([tmp_path / "a.tsv"], ConversionOptions(str(tmp_path / "store")))
     assert FeatureStore(tmp_path / "store").get("9").labels.tolist() == [-1, -1]
 
 
@@ -68,41 +71,41 @@ def test_tsv_truncated_line_names_file_and_line(tmp_path):
     rows = tsv_row(make_record("1")) + tsv_row(make_record("2")).rsplit("\t", 1)[0] + "\n"
     (tmp_path / "a.tsv").write_text(rows)
     with pytest.raises(ConversionError, match=r"a\.tsv:2: 5 columns"):
-        convert_tsv([tmp_path / "a.tsv"], str(tmp_path / "store"))
+        convert_tsv([tmp_path / "a.tsv"], ConversionOptions(str(tmp_path / "store")))
     assert not (tmp_path / "store").exists()
 
 
 def test_tsv_wrong_feature_size_is_an_error_naming_the_image(tmp_path):
     (tmp_path / "a.tsv").write_text(tsv_row(make_record("5", feature_size=1024)))
     with pytest.raises(ConversionError, match=r"a\.tsv:1 \(image '5'\).*1024 values per region"):
-        convert_tsv([tmp_path / "a.tsv"], str(tmp_path / "store"))
+        convert_tsv([tmp_path / "a.tsv"], ConversionOptions(str(tmp_path / "store")))
 
 
 def test_tsv_nan_record_is_skipped_and_counted_or_strict_error(tmp_path):
     bad = make_record("bad")
     bad.features[1, 3] = np.nan
     (tmp_path / "a.tsv").write_text(tsv_row(make_record("good")) + tsv_row(bad))
-    writer = convert_tsv([tmp_path / "a.tsv"], str(tmp_path / "store"))
-    assert writer.skipped == {"non-finite features": 1}
-    assert "a.tsv:2" in writer.skip_examples["non-finite features"][0]
+    result = convert_tsv([tmp_path / "a.tsv"], ConversionOptions(str(tmp_path / "store")))
+    assert result.skipped == {"non-finite features": 1}
+    assert "a.tsv:2" in result.skip_examples["non-finite features"][0]
     assert list(FeatureStore(tmp_path / "store").keys()) == ["good"]
     with pytest.raises(ConversionError, match=r"a\.tsv:2 \(image 'bad'\).*non-finite features"):
-        convert_tsv([tmp_path / "a.tsv"], str(tmp_path / "strict"), strict=True)
+        convert_tsv([tmp_path / "a.tsv"], ConversionOptions(str(tmp_path / "strict"), strict=True))
 
 
 def test_tsv_image_without_boxes_is_skipped_and_counted(tmp_path):
     empty = "\t".join(["3", "640", "480", "0", "", ""]) + "\n"
     (tmp_path / "a.tsv").write_text(tsv_row(make_record("1")) + empty)
-    writer = convert_tsv([tmp_path / "a.tsv"], str(tmp_path / "store"))
-    assert writer.skipped == {"no regions": 1}
+    result = convert_tsv([tmp_path / "a.tsv"], ConversionOptions(str(tmp_path / "store")))
+    assert result.skipped == {"no regions": 1}
 
 
 def test_tsv_zero_area_box_is_skipped_and_counted(tmp_path):
     record = make_record("z")
     record.boxes[2, 2] = record.boxes[2, 0]
     (tmp_path / "a.tsv").write_text(tsv_row(record))
-    writer = convert_tsv([tmp_path / "a.tsv"], str(tmp_path / "store"))
-    assert writer.skipped == {"zero-area box": 1}
+    result = convert_tsv([tmp_path / "a.tsv"], ConversionOptions(str(tmp_path / "store")))
+    assert result.skipped == {"zero-area box": 1}
 
 
 def test_npz_round_trip_with_alternative_key_names(tmp_path):
@@ -113,13 +116,13 @@ def test_npz_round_trip_with_alternative_key_names(tmp_path):
              objects_id=a.labels, objects_conf=a.confidences)
     np.savez(folder / "b.npz", features=b.features, boxes=b.boxes, w=np.array([640]), h=np.array([480]),
              labels=b.labels, scores=b.confidences)
-    convert_npz(folder, str(tmp_path / "store"))
+    convert_npz(folder, ConversionOptions(str(tmp_path / "store")))
     store = FeatureStore(tmp_path / "store")
     for record in (a, b):
         back = store.get(record.image_id)
         np.testing.assert_array_equal(back.features, record.features.astype(np.float16))
         np.testing.assert_array_equal(back.boxes, record.boxes)
-        np.testing.assert_array_equal(back.labels, record.labels)
+        np.testing.assert_array_equal(back.labels, record.labels + 1)
         np.testing.assert_array_equal(back.confidences, record.confidences)
 
 
@@ -130,7 +133,7 @@ def test_npz_pickled_array_is_refused(tmp_path):
     np.savez(folder / "p.npz", x=record.features, bbox=record.boxes, image_w=640,
              image_h=np.array([{"height": 480}], dtype=object))
     with pytest.raises(ConversionError, match=r"p\.npz: array 'image_h' is a pickled object"):
-        convert_npz(folder, str(tmp_path / "store"))
+        convert_npz(folder, ConversionOptions(str(tmp_path / "store")))
 
 
 def test_npz_missing_features_names_the_accepted_keys(tmp_path):
@@ -138,4 +141,4 @@ def test_npz_missing_features_names_the_accepted_keys(tmp_path):
     folder.mkdir()
     np.savez(folder / "q.npz", bbox=np.zeros((1, 4)), image_w=1, image_h=1)
     with pytest.raises(ConversionError, match=r"q\.npz: no features array \(looked for features, x"):
-        convert_npz(folder, str(tmp_path / "store"))
+        convert_npz(folder, ConversionOptions(str(tmp_path / "store")))

@@ -10,8 +10,9 @@ import torch
 
 from data_test_helpers import make_record, put_raw, write_store
 from interbert.data.record_format import encode_record
-from interbert.data.feature_store import (CorruptRecordError, FeatureStore, FeatureStoreError,
-                                          FeatureStoreWriter, MissingImageError)
+from interbert.data.feature_store import (CorruptRecordError, FeatureStore, FeatureStoreError, MissingImageError,
+                                          _shared_environment)
+from interbert.data.store_writer import FeatureStoreWriter
 from interbert.data.record_format import decode_record
 
 
@@ -39,7 +40,7 @@ def test_metadata_describes_the_store(tmp_path):
     records = [make_record(f"img-{i}", num_regions=3 + i, seed=i) for i in range(4)]
     metadata = FeatureStore(write_store(tmp_path / "store", records, created_by="test")).metadata
     assert (metadata.record_count, metadata.region_count) == (4, 3 + 4 + 5 + 6)
-    assert (metadata.feature_size, metadata.num_classes, metadata.schema_version) == (2048, 1601, 1)
+    assert (metadata.feature_size, metadata.num_classes, metadata.schema_version) == (2048, 1601, 2)
     assert metadata.created_by == "test" and not metadata.has_class_probs
 
 
@@ -65,7 +66,7 @@ def test_bad_magic_names_the_corrupt_key(tmp_path):
 def test_truncated_record_names_its_key(tmp_path):
     path = write_store(tmp_path / "store", [make_record("img-1")])
     put_raw(path, "img-cut", encode_record(make_record("img-cut"))[:5000])
-    with pytest.raises(CorruptRecordError, match=r"'img-cut'.*outside the 5000-byte record"):
+    with pytest.raises(CorruptRecordError, match=r"'img-cut'.*outside the 4992-byte record body"):
         FeatureStore(path).get("img-cut")
 
 
@@ -108,12 +109,12 @@ def test_non_store_path_gives_a_clear_error(tmp_path):
 def test_reader_reopens_after_a_fork(tmp_path):
     store = FeatureStore(write_store(tmp_path / "store", [make_record("img-1")]))
     store.get("img-1")
-    parent_env = store._environment()
+    parent_env = _shared_environment(store.path)
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: must open its own environment, then read
         try:
-            ok = store.get("img-1").num_regions == 5 and store._environment() is not parent_env
+            ok = store.get("img-1").num_regions == 5 and _shared_environment(store.path) is not parent_env
         except Exception:
             ok = False
         os.write(write, b"1" if ok else b"0")

@@ -89,7 +89,7 @@ def test_existing_output_is_not_overwritten_without_the_flag(tmp_path, capsys):
     write_store(tmp_path / "store", [make_record("a")])
     (tmp_path / "a.tsv").write_text("")
     assert main(["data", "convert-tsv", "--out", str(tmp_path / "store"), str(tmp_path / "a.tsv")]) == 2
-    assert "already exists; remove it or pass --overwrite" in capsys.readouterr().err
+    assert "already exists; choose another --out or pass --overwrite" in capsys.readouterr().err
 
 
 def test_synth_objects_limits_the_classes_images_and_captions_use(tmp_path):

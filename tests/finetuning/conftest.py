@@ -63,7 +63,8 @@ def vcr_line_factory():
 def vcr_data(ft_corpus, tmp_path_factory) -> dict:
     """train.jsonl / val.jsonl over the synthetic images and a ground-truth box store whose
     records hold one box per annotated object."""
-    from interbert.data.feature_store import FeatureStore, FeatureStoreWriter
+    from interbert.data.feature_store import FeatureStore
+    from interbert.data.store_writer import FeatureStoreWriter
     from interbert.data.record_format import RegionRecord
 
     root = tmp_path_factory.mktemp("vcr")
