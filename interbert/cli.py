@@ -1,7 +1,9 @@
 """The `interbert` command: one entry point, subcommands registered by their owning modules.
 
 Each module in COMMAND_MODULES defines `register(subparsers)`, which adds its subcommands and
-sets `func` on each parser; `func(args)` returns the process exit status.
+sets `func` on each parser; `func(args)` returns the process exit status. Only the module that
+owns the command being run is imported (so `interbert data ...` starts without torch's model
+stack); `interbert --help` imports them all.
 """
 from __future__ import annotations
 
@@ -9,25 +11,31 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = (
-    "interbert.modeling.commands",  # info, convert-release
-    "interbert.data.commands",  # data synth, convert-tsv, convert-npz, captions, verify
-    "interbert.evaluate",  # evaluate retrieval
-    "interbert.finetuning.commands",  # finetune
-)
+# command name -> the module that registers it
+COMMAND_MODULES = {
+    "info": "interbert.modeling.commands",
+    "convert-release": "interbert.modeling.commands",
+    "data": "interbert.data.commands",  # synth, the converters, captions, verify, migrate, merge
+    "evaluate": "interbert.evaluate",  # evaluate retrieval
+    "finetune": "interbert.finetuning.commands",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv``: with only the owning module's commands when its first word names one."""
     parser = argparse.ArgumentParser(prog="interbert", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
-    for name in COMMAND_MODULES:
+    first = (argv or [""])[0]
+    modules = [COMMAND_MODULES[first]] if first in COMMAND_MODULES else list(dict.fromkeys(COMMAND_MODULES.values()))
+    for name in modules:
         importlib.import_module(name).register(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     return int(args.func(args) or 0)
 
 

@@ -79,6 +79,24 @@ def run_verify(args: argparse.Namespace) -> int:
     return 0 if report.clean else 1
 
 
+def run_migrate(args: argparse.Namespace) -> int:
+    from interbert.data.conversion import ConversionOptions
+    from interbert.data.migrate import migrate_store
+
+    options = ConversionOptions(out=args.out, workers=args.workers, shards=args.shards, strict=args.strict)
+    result, decision = migrate_store(args.store, options, labels=args.labels)
+    print(f"labels: {'shifted by one (0-based objects_id)' if decision == 'shift' else 'kept'}")
+    return report_conversion(result, args.out)
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from interbert.data.merge import merge_stores
+
+    metadata = merge_stores(args.out, args.stores)
+    print(f"wrote {args.out}: {metadata.record_count} images in {len(args.stores)} stores, listed (nothing copied)")
+    return 0
+
+
 def guarded(func):
     """Turn the data path's own errors into a one-line message and exit status 2."""
     def run(args: argparse.Namespace) -> int:
@@ -161,6 +179,22 @@ def register(subparsers) -> None:
     check.add_argument("--captions", nargs="*", default=None, help="caption manifests (.jsonl)")
     check.add_argument("--box-tolerance", type=float, default=1.0, help="pixels a box may exceed the image by")
     check.set_defaults(func=guarded(run_verify))
+
+    migrate = commands.add_parser("migrate", help="a store of schema 1 -> a new store of the current schema")
+    migrate.add_argument("--out", required=True, help="the new store (the old one is only read)")
+    migrate.add_argument("--labels", choices=("auto", "shift", "keep"), default="auto",
+                         help="auto (default): judged from the store; shift: labels were 0-based objects_id; "
+                              "keep: labels already count the background")
+    migrate.add_argument("--workers", type=int, default=1, help="processes that decode and encode (default 1)")
+    migrate.add_argument("--shards", type=int, default=1, help="LMDB environments of the new store (default 1)")
+    migrate.add_argument("--strict", action="store_true", help="stop at the first bad record instead of skipping it")
+    migrate.add_argument("store", help="the schema-1 store")
+    migrate.set_defaults(func=guarded(run_migrate))
+
+    merge = commands.add_parser("merge", help="list several stores (e.g. made on different machines) as one")
+    merge.add_argument("--out", required=True, help="the merged store directory to create (holds store.json)")
+    merge.add_argument("stores", nargs="+", help="the stores to list; they stay where they are")
+    merge.set_defaults(func=guarded(run_merge))
 
     from interbert.data.peer_commands import register_peer_converters
     register_peer_converters(commands)

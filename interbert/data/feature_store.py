@@ -184,7 +184,7 @@ def forget_environment(path) -> None:
         entry[1].close()
 
 
-def _shared_environment(path: str) -> lmdb.Environment:
+def shared_environment(path: str) -> lmdb.Environment:
     """This process's read-only handle on the single store at ``path``."""
     key, pid = os.path.realpath(path), os.getpid()
     entry = _ENVIRONMENTS.get(key)
@@ -202,14 +202,24 @@ def _shared_environment(path: str) -> lmdb.Environment:
     return env
 
 
+def damaged_store_error(path: str, error: Exception) -> FeatureStoreError:
+    """The error for an LMDB environment whose pages are damaged (lmdb.CorruptedError and kin)."""
+    return FeatureStoreError(f"feature store {path}: damaged LMDB file ({type(error).__name__}: {error}); "
+                             "rebuild the store (or this shard) from its source; `interbert data verify` "
+                             "lists what is still readable")
+
+
 def read_shard_metadata(path: str, legacy: bool = False) -> StoreMetadata:
     """The metadata record of the single store (or shard) at ``path``."""
     if not Path(path, "data.mdb").is_file():
         raise FeatureStoreError(f"feature store {path}: no LMDB environment there (expected "
                                 f"{Path(path, 'data.mdb')}); build one with `interbert data convert-tsv`, "
                                 "`convert-npz`, `convert-lmdb`, `convert-vinvl` or `synth`")
-    with _shared_environment(path).begin(buffers=False) as txn:
-        data = txn.get(METADATA_KEY)
+    try:
+        with shared_environment(path).begin(buffers=False) as txn:
+            data = txn.get(METADATA_KEY)
+    except lmdb.Error as error:
+        raise damaged_store_error(path, error) from None
     if data is None:
         raise FeatureStoreError(f"feature store {path}: no metadata record ({METADATA_KEY.decode()}); it was "
                                 "not written by interbert or its writer was interrupted: rebuild it")
@@ -284,15 +294,18 @@ class FeatureStore:
                 by_shard.setdefault(self._candidates(image_id)[level], []).append(image_id)
             pending = []
             for shard, ids in by_shard.items():
-                with _shared_environment(shard).begin(buffers=buffers) as txn:
-                    for image_id in ids:
-                        data = txn.get(image_id.encode("utf-8"))
-                        if data is not None:
-                            yield image_id, data
-                        elif level + 1 < len(self.groups):
-                            pending.append(image_id)
-                        else:
-                            yield image_id, None
+                try:
+                    with shared_environment(shard).begin(buffers=buffers) as txn:
+                        found = [(image_id, txn.get(image_id.encode("utf-8"))) for image_id in ids]
+                except lmdb.Error as error:
+                    raise damaged_store_error(shard, error) from None
+                for image_id, data in found:
+                    if data is not None:
+                        yield image_id, data
+                    elif level + 1 < len(self.groups):
+                        pending.append(image_id)
+                    else:
+                        yield image_id, None
 
     def missing(self, image_ids) -> list:
         """The ids among ``image_ids`` that have no record (one transaction per shard, no copy)."""
@@ -344,7 +357,7 @@ class FeatureStore:
     def keys(self) -> Iterator[str]:
         """Every image id, shard by shard, in key order within a shard (streams through cursors)."""
         for shard in self.shard_paths:
-            with _shared_environment(shard).begin(buffers=False) as txn:
+            with shared_environment(shard).begin(buffers=False) as txn:
                 for key in txn.cursor().iternext(keys=True, values=False):
                     if key != METADATA_KEY:
                         yield key.decode("utf-8")
@@ -352,7 +365,7 @@ class FeatureStore:
     def items_raw(self, with_shard: bool = False) -> Iterator[tuple]:
         """``(image_id, record bytes)`` for every record (``with_shard``: ``(shard, id, bytes)``)."""
         for shard in self.shard_paths:
-            with _shared_environment(shard).begin(buffers=False) as txn:
+            with shared_environment(shard).begin(buffers=False) as txn:
                 for key, value in txn.cursor():
                     if key != METADATA_KEY:
                         yield (shard, key.decode("utf-8"), value) if with_shard else (key.decode("utf-8"), value)

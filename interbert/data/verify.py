@@ -8,9 +8,11 @@ from typing import Iterable, Optional
 
 from tqdm import tqdm
 
-from interbert.data.feature_store import FeatureStore, FeatureStoreError, record_problems
+import lmdb
+
+from interbert.data.feature_store import FeatureStore, FeatureStoreError, record_problems, shard_of
 from interbert.data.manifests import ManifestError, read_manifest
-from interbert.data.record_format import RecordFormatError, decode_record
+from interbert.data.record_format import ChecksumError, RecordFormatError, decode_record
 
 
 @dataclass
@@ -44,20 +46,39 @@ class VerifyReport:
 
 def verify_store(path: str | os.PathLike, report: VerifyReport, box_tolerance: float = 1.0,
                  progress: bool = True) -> Optional[FeatureStore]:
-    """Decode every record of the store at ``path``; adds problems to ``report``."""
+    """Decode every record of the store at ``path`` (checksum included); adds problems to ``report``."""
     try:
         store = FeatureStore(path)
-        metadata = store.metadata
     except FeatureStoreError as error:
-        report.add("unreadable store", str(error))
+        report.add("damaged LMDB file" if "damaged LMDB file" in str(error) else "unreadable store", str(error))
         return None
-    for key, data in tqdm(store.items_raw(), total=len(store), desc="verify", unit="record", disable=not progress):
+    try:
+        _verify_records(store, report, box_tolerance, progress)
+    except lmdb.Error as error:  # a damaged B-tree page: the environment itself is broken
+        report.add("damaged LMDB file", f"{path}: {type(error).__name__}: {error}; rebuild the store from its "
+                                        "source (records read before the damage were checked)")
+    except FeatureStoreError as error:
+        report.add("damaged LMDB file", str(error))
+    return store
+
+
+def _verify_records(store: FeatureStore, report: VerifyReport, box_tolerance: float, progress: bool) -> None:
+    metadata = store.metadata
+    shards = {shard: group for group in store.groups for shard in group}
+    items = store.items_raw(with_shard=True)
+    for shard, key, data in tqdm(items, total=len(store), desc="verify", unit="record", disable=not progress):
         report.records += 1
         try:
             record = decode_record(data)
+        except ChecksumError as error:
+            report.add("checksum mismatch", f"{key!r}: {error}")
+            continue
         except RecordFormatError as error:
             report.add("corrupt record", f"{key!r}: {error}")
             continue
+        group = shards[shard]
+        if group[shard_of(key, len(group))] != shard:
+            report.add("record in the wrong shard", f"{key!r} in {shard} (readers never look there)")
         if record.image_id != key:
             report.add("key and image id differ", f"{key!r} holds {record.image_id!r}")
         if metadata.has_class_probs and record.class_probs is None:
@@ -67,7 +88,6 @@ def verify_store(path: str | os.PathLike, report: VerifyReport, box_tolerance: f
     if report.records != metadata.record_count:
         report.add("record count differs from metadata",
                    f"{report.records} records, metadata says {metadata.record_count}")
-    return store
 
 
 def verify_captions(paths: Iterable, store: Optional[FeatureStore], report: VerifyReport) -> None:

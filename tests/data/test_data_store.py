@@ -11,7 +11,7 @@ import torch
 from data_test_helpers import make_record, put_raw, write_store
 from interbert.data.record_format import encode_record
 from interbert.data.feature_store import (CorruptRecordError, FeatureStore, FeatureStoreError, MissingImageError,
-                                          _shared_environment)
+                                          shared_environment)
 from interbert.data.store_writer import FeatureStoreWriter
 from interbert.data.record_format import decode_record
 
@@ -109,12 +109,12 @@ def test_non_store_path_gives_a_clear_error(tmp_path):
 def test_reader_reopens_after_a_fork(tmp_path):
     store = FeatureStore(write_store(tmp_path / "store", [make_record("img-1")]))
     store.get("img-1")
-    parent_env = _shared_environment(store.path)
+    parent_env = shared_environment(store.path)
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: must open its own environment, then read
         try:
-            ok = store.get("img-1").num_regions == 5 and _shared_environment(store.path) is not parent_env
+            ok = store.get("img-1").num_regions == 5 and shared_environment(store.path) is not parent_env
         except Exception:
             ok = False
         os.write(write, b"1" if ok else b"0")
