@@ -3,7 +3,9 @@
 A converter supplies *units* (small, picklable descriptions of work: a byte range of a file, a
 file path, a batch of keys of a source LMDB) and a *parse* function (module level, or a
 ``functools.partial`` of one) that reads one unit itself and returns its images as
-``ConvertedImage`` objects, or raises ``ConversionError`` naming the file and record. With
+``ConvertedImage`` objects, a ``ConversionError`` (naming the file and record) in the place of a
+record it could not read (``each_record`` does this), or raises ``ConversionError`` when the
+whole unit is unreadable. With
 ``workers`` > 1, units are parsed, checked (``record_problems``) and encoded in worker processes,
 in order, with at most a few units in flight per worker (memory stays bounded whatever the
 corpus size); the main process only writes. With one worker everything runs in-process.
@@ -80,13 +82,27 @@ def _check_and_encode(image: ConvertedImage, metadata: StoreMetadata, box_tolera
             tuple(image.captions))
 
 
+def each_record(convert: Callable, items: Iterable) -> list:
+    """``convert(item)`` for every item of a unit, a record that fails to convert replaced by its
+    ``ConversionError`` (so one bad record costs only itself when the user asked for skips)."""
+    converted = []
+    for item in items:
+        try:
+            converted.append(convert(item))
+        except ConversionError as error:
+            converted.append(error)
+    return converted
+
+
 def process_unit(parse: Callable, metadata: StoreMetadata, box_tolerance: float, unit) -> list:
-    """Parse one unit and encode its images; runs in a worker. An unreadable unit becomes one
-    ``("unreadable", where, message)`` entry so the main process decides: skip or stop."""
+    """Parse one unit and encode its images; runs in a worker. An unreadable record (or unit)
+    becomes an ``("unreadable", message)`` entry so the main process decides: skip or stop."""
     try:
-        return [_check_and_encode(image, metadata, box_tolerance) for image in parse(unit)]
+        images = parse(unit)
     except ConversionError as error:
         return [("unreadable", str(error))]
+    return [("unreadable", str(image)) if isinstance(image, ConversionError)
+            else _check_and_encode(image, metadata, box_tolerance) for image in images]
 
 
 def _results_in_order(worker: Callable, units: Iterable, workers: int):

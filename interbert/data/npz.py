@@ -2,17 +2,27 @@
 
 One file per image; the image id is the file name without ``.npz``. Accepted key names (first
 match wins): ``NPZ_KEYS``. Arrays are read with ``allow_pickle=False``: a pickled array is refused.
+
+MILVLG/bottom-up-attention.pytorch (``utils/extract_utils.py``) writes ``np.savez_compressed(x=,
+bbox=, num_bbox=, image_h=, image_w=, info=dict)``: the labels and confidences (``objects_id``,
+``objects_conf``, ``attrs_id``, ``attrs_conf``, 0-based without the background) live in ``info``, a
+pickled 0-d object array. Its raw ``info.npy`` member is read through ``safe_pickle`` (plain data and
+numeric arrays only); top-level arrays of the same names win over ``info``'s.
 """
 from __future__ import annotations
 
+import io
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from interbert.data.conversion import ConversionOptions, ensure_new_output, ConversionResult, ConvertedImage, run_conversion
+from interbert.data.conversion import (ConversionOptions, ConversionResult, ConvertedImage, each_record,
+                                      ensure_new_output, run_conversion)
 from interbert.data.detections import ConversionError, detections_to_record
+from interbert.data.safe_pickle import safe_loads
 
 NPZ_KEYS = {
     "features": ("features", "x", "feat", "feats", "image_feat"),
@@ -43,6 +53,37 @@ def _npz_get(data, field: str, path: Path, required: bool = True):
     return None
 
 
+def read_info(path: Path) -> dict:
+    """The dict in the pickled ``info`` member of a MILVLG npz, read from the member's raw bytes
+    through ``safe_pickle`` (never ``allow_pickle=True``)."""
+    headers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            stream = io.BytesIO(archive.read("info.npy"))
+        version = np.lib.format.read_magic(stream)
+        if version not in headers:
+            raise ValueError(f"npy format version {version}")
+        _, _, dtype = headers[version](stream)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
+        raise ConversionError(f"{path}: the member info.npy is unreadable ({error})") from None
+    if not dtype.hasobject:
+        raise ConversionError(f"{path}: the member info holds {dtype} values, not the pickled dict MILVLG writes")
+    info = safe_loads(stream.read(), f"{path} member info", object_root=True)
+    if not isinstance(info, dict):
+        raise ConversionError(f"{path}: the member info holds a {type(info).__name__}, not a dict")
+    return info
+
+
+def _info_array(info: dict, field: str, path: Path):
+    value = info.get(field)
+    if value is None:
+        return None
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise ConversionError(f"{path}: info[{field!r}] holds {array.dtype} values, not numbers")
+    return array
+
+
 def read_npz(path: Path, objects_id_base: int = 0) -> ConvertedImage:
     """One per-image ``.npz`` file → ConvertedImage (image id = file name without ``.npz``)."""
     try:
@@ -54,6 +95,10 @@ def read_npz(path: Path, objects_id_base: int = 0) -> ConvertedImage:
         boxes = np.asarray(_npz_get(data, "boxes", path)).reshape(-1, 4)
         width, height = _npz_get(data, "width", path), _npz_get(data, "height", path)
         optional = {name: _npz_get(data, name, path, required=False) for name in OPTIONAL_FIELDS}
+        info = read_info(path) if "info" in data.files else {}
+    for name in OPTIONAL_FIELDS:
+        if optional[name] is None:
+            optional[name] = _info_array(info, name, path)
     if features.ndim != 2 or features.shape[0] != boxes.shape[0]:
         raise ConversionError(f"{path}: features {features.shape} and boxes {boxes.shape} do not describe the "
                               "same N regions (expected N×F and N×4)")
@@ -71,7 +116,7 @@ class _ParseNpz:
     objects_id_base: int
 
     def __call__(self, paths) -> list:
-        return [read_npz(Path(p), self.objects_id_base) for p in paths]
+        return each_record(lambda path: read_npz(Path(path), self.objects_id_base), paths)
 
 
 def convert_npz(folder: str | os.PathLike, options: ConversionOptions) -> ConversionResult:

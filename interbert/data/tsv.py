@@ -16,12 +16,14 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Iterable, Optional
 
 import numpy as np
 
-from interbert.data.conversion import ConversionOptions, ensure_new_output, ConvertedImage, ConversionResult, run_conversion
+from interbert.data.conversion import (ConversionOptions, ConversionResult, ConvertedImage, each_record,
+                                      ensure_new_output, run_conversion)
 from interbert.data.detections import ConversionError, array_from_bytes, decode_base64, detections_to_record
 
 BASE = ["image_id", "image_w", "image_h", "num_boxes", "boxes", "features"]
@@ -139,25 +141,31 @@ def parse_row(fields: dict, where, feature_size: int, objects_id_base: int) -> C
     return ConvertedImage(where, record)
 
 
+def parse_line(names: list, feature_size: int, objects_id_base: int, place: tuple) -> ConvertedImage:
+    """One line (``(SourceLine, bytes)``) of a TSV file → ConvertedImage."""
+    where, line = place
+    row = line.split(b"\t")
+    if len(row) != len(names):
+        raise ConversionError(f"{where}: {len(row)} columns, expected {len(names)} ({', '.join(names)}); "
+                              "the line is truncated or the file mixes layouts")
+    return parse_row(dict(zip(names, row)), where, feature_size, objects_id_base)
+
+
 def parse_range(names: list, feature_size: int, objects_id_base: int, unit: tuple) -> list:
-    """Every row in one byte range of a TSV file (runs in a worker)."""
+    """Every row in one byte range of a TSV file (runs in a worker); a row that cannot be read is
+    its ConversionError in the list."""
     path, begin, end = unit
     with open(path, "rb") as handle:
         handle.seek(begin)
         block = handle.read(end - begin)
-    images, offset = [], begin
+    lines, offset = [], begin
     for line in block.split(b"\n"):
         where = SourceLine(path, offset)
         offset += len(line) + 1
         line = line.rstrip(b"\r")
-        if not line:
-            continue
-        row = line.split(b"\t")
-        if len(row) != len(names):
-            raise ConversionError(f"{where}: {len(row)} columns, expected {len(names)} ({', '.join(names)}); "
-                                  "the line is truncated or the file mixes layouts")
-        images.append(parse_row(dict(zip(names, row)), where, feature_size, objects_id_base))
-    return images
+        if line:
+            lines.append((where, line))
+    return each_record(partial(parse_line, names, feature_size, objects_id_base), lines)
 
 
 def convert_tsv(paths: Iterable, options: ConversionOptions, columns: Optional[str] = None) -> ConversionResult:

@@ -75,6 +75,19 @@ def test_tsv_truncated_line_names_file_and_line(tmp_path):
     assert not (tmp_path / "store").exists()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_skip_unreadable_drops_only_the_bad_row_of_its_chunk(tmp_path, workers):
+    # Rows 1 and 3 share a chunk with the truncated row 2: only row 2 is lost.
+    rows = [tsv_row(make_record(str(i), seed=i)) for i in range(4)]
+    rows[2] = rows[2].rsplit("\t", 1)[0] + "\n"
+    (tmp_path / "a.tsv").write_text("".join(rows))
+    result = convert_tsv([tmp_path / "a.tsv"], ConversionOptions(str(tmp_path / "store"), skip_unreadable=True,
+                                                                 workers=workers))
+    assert sorted(FeatureStore(tmp_path / "store").keys()) == ["0", "1", "3"]
+    assert result.skipped == {"unreadable record": 1}
+    assert "a.tsv:3: 5 columns" in result.skip_examples["unreadable record"][0]
+
+
 def test_tsv_wrong_feature_size_is_an_error_naming_the_image(tmp_path):
     (tmp_path / "a.tsv").write_text(tsv_row(make_record("5", feature_size=1024)))
     with pytest.raises(ConversionError, match=r"a\.tsv:1 \(image '5'\).*1024 values per region"):
