@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--max-text-len", type=int, default=36, help="word pieces per caption")
     data.add_argument("--max-regions", type=int, default=36, help="detector regions per image")
     data.add_argument("--num-workers", type=int, default=2, help="DataLoader workers per rank")
+    data.add_argument("--skip-corrupt", action="store_true",
+                      help="drop a sample whose feature record fails its checksum (counted and logged with "
+                           "the image id) instead of stopping the run")
     data.add_argument("--validation-split", default="val",
                       help="manifest split for validation losses and retrieval ('' for none)")
     data.add_argument("--eval-images", type=int, default=100,
@@ -211,7 +214,7 @@ def train(args, env, ds_config, precision, model_config, output_dir, checkpoint_
         model_config=model_config, micro_batch=ds_config["train_micro_batch_size_per_gpu"],
         rank=env.rank, world_size=env.world_size, num_workers=args.num_workers, seed=args.seed,
         max_text_len=args.max_text_len, max_regions=args.max_regions,
-        validation_split=args.validation_split or None)
+        validation_split=args.validation_split or None, skip_corrupt=args.skip_corrupt)
     retrieval = None
     if args.eval_images and args.validation_split:
         retrieval = build_retrieval_corpus(args.features, args.captions, args.vocab,
@@ -327,6 +330,7 @@ def save_inference_model(engine, precision, model_config, checkpoint_dir, step, 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from interbert.data.feature_store import CorruptRecordError
     from interbert.data.pretraining_dataset import DatasetError
     from interbert.training.corpus import CorpusError
     from interbert.training.ds_config import ConfigError
@@ -334,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return run(args)
-    except (UsageError, ConfigError, PrecisionError, CorpusError, DatasetError,
+    except (UsageError, ConfigError, PrecisionError, CorpusError, DatasetError, CorruptRecordError,
             FileNotFoundError) as error:
         print(f"interbert/pretrain.py: error: {error}", file=sys.stderr, flush=True)
         return EXIT_USAGE

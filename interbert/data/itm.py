@@ -4,22 +4,33 @@ from __future__ import annotations
 import numpy as np
 
 
-def draw_itm_caption(caption_index: int, caption_image: np.ndarray, rng: np.random.Generator,
-                     negative_prob: float = 0.5) -> tuple:
-    """Which caption to pair with the image of ``caption_index``, and the ITM label.
+class CaptionsByImage:
+    """Captions grouped by image, so that a caption of another image is one lookup, not a search.
 
-    caption_image: (num_captions,) image index of every caption (at least two distinct images).
-    Returns (caption index, 1 if it belongs to the image else 0).
+    caption_image: (K,) image index of every caption. ``order`` lists the captions image by
+    image; image i's captions are ``order[first[i]:first[i] + count[i]]``.
     """
-    if rng.random() >= negative_prob:
-        return caption_index, 1
-    image = caption_image[caption_index]
-    num_captions = caption_image.shape[0]
-    for _ in range(32):
-        other = int(rng.integers(num_captions))
-        if caption_image[other] != image:
-            return other, 0
-    # Almost every caption shares this image: take the first caption of another image after a random point.
-    start = int(rng.integers(num_captions))
-    candidates = np.flatnonzero(np.roll(caption_image, -start) != image)
-    return int((candidates[0] + start) % num_captions), 0
+
+    def __init__(self, caption_image: np.ndarray):
+        self.caption_image = caption_image
+        self.order = np.argsort(caption_image, kind="stable")
+        self.count = np.bincount(caption_image)
+        self.first = np.cumsum(self.count) - self.count
+
+
+def draw_itm_captions(indices: np.ndarray, groups: CaptionsByImage, u_negative: np.ndarray, u_caption: np.ndarray,
+                      negative_prob: float = 0.5) -> tuple:
+    """Which caption to pair with the image of each caption in ``indices`` (B,), and the ITM label.
+
+    Sample b is a mismatched pair when u_negative[b] < negative_prob; its caption is then drawn
+    uniformly (by u_caption[b] in [0, 1)) from the captions of every other image, which needs at
+    least two images. Returns (caption indices (B,) int64, labels (B,) int64: 1 matched, 0 not).
+    """
+    negative = u_negative < negative_prob
+    captions = np.array(indices, dtype=np.int64)
+    rows = np.flatnonzero(negative)
+    image = groups.caption_image[captions[rows]]
+    rank = (u_caption[rows] * (groups.order.size - groups.count[image])).astype(np.int64)
+    # Ranks from the image's own first caption on skip its captions.
+    captions[rows] = groups.order[rank + np.where(rank >= groups.first[image], groups.count[image], 0)]
+    return captions, (~negative).astype(np.int64)

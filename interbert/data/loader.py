@@ -1,24 +1,61 @@
-"""The pretraining DataLoader: the shard sampler, ``collate``, and resumable position tracking."""
+"""The pretraining DataLoader: the shard sampler, batches built whole by the dataset, and
+resumable position tracking."""
 from __future__ import annotations
+
+import weakref
 
 import torch
 
-from interbert.data.pretraining_dataset import collate
+from interbert.data.feature_store import CorruptRecordError
 from interbert.data.sampling import DistributedShardSampler
+
+
+def stop_workers(running: list) -> None:
+    """End the worker processes of the DataLoader iterators in ``running`` now (what an iterator
+    does when it is exhausted or collected; an error can keep it alive until exit)."""
+    for batches in running:
+        shutdown = getattr(batches, "_shutdown_workers", None)  # absent with num_workers=0
+        if shutdown is not None:
+            shutdown()
+    running.clear()
+
+
+def built_by_dataset(item: tuple) -> tuple:
+    """The DataLoader's collate step: ``PretrainingDataset.__getitems__`` already built the batch."""
+    return item
 
 
 class PretrainingLoader(torch.utils.data.DataLoader):
     """A DataLoader that tells its sampler which samples the caller has received.
 
-    ``state_dict()`` / ``load_state_dict()`` save and restore the position (epoch, samples
-    consumed); ``set_epoch(epoch)`` reshuffles the sampler and reseeds the dataset's masking.
-    Workers are not persistent: each epoch's workers fork with the current epoch set.
+    Yields the batch dicts of ``PretrainingDataset``. ``state_dict()`` / ``load_state_dict()``
+    save and restore the position (epoch, samples consumed, dropped corrupt ones included);
+    ``set_epoch(epoch)`` reshuffles the sampler and reseeds the dataset's masking. Workers are
+    not persistent: each epoch's workers fork with the current epoch set. A worker counts the
+    corrupt records it skips in its own copy of the dataset; the loader adds them to
+    ``dataset.skipped`` here.
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._running: list = []  # the DataLoader iterator of the epoch in progress
+        # At exit (or when the loader goes), end workers an error left waiting: they ignore the
+        # SIGTERM with which multiprocessing's own exit handler would stop them.
+        weakref.finalize(self, stop_workers, self._running)
+
     def __iter__(self):
-        for batch in super().__iter__():
-            self.sampler.mark_consumed(batch["itm_labels"].shape[0])
-            yield batch
+        batches = super().__iter__()
+        self._running[:] = [batches]
+        try:
+            for batch, dropped, failure in batches:
+                if failure:
+                    raise CorruptRecordError(failure)
+                if dropped and self.num_workers > 0:
+                    self.dataset.skipped["corrupt record"] += len(dropped)
+                self.sampler.mark_consumed(batch["itm_labels"].shape[0] + len(dropped))
+                yield batch
+        finally:
+            stop_workers(self._running)
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -34,20 +71,24 @@ class PretrainingLoader(torch.utils.data.DataLoader):
 
 def build_pretraining_loader(dataset, batch_size: int, rank: int = 0, world_size: int = 1, num_workers: int = 0,
                              seed: int = 0, shuffle: bool = True, drop_last: bool = False,
-                             bucket_by_length: bool = False, pin_memory: bool = False,
+                             bucket_by_length: bool = False, pin_memory: bool | None = None,
                              prefetch_factor: int | None = None, worker_init_fn=None) -> PretrainingLoader:
     """A loader over ``dataset`` (a PretrainingDataset) for one rank.
 
-    Batches are dicts of tensors (see ``collate``) of ``batch_size`` samples; with
-    ``drop_last=False`` the epoch's last batch may be smaller. ``bucket_by_length`` groups
-    captions of similar length (see ``sampling``). Workers open the feature store lazily;
-    ``worker_init_fn(worker_id)`` runs first in each worker (e.g. to ignore stop signals).
+    Batches are dicts of tensors (see ``PretrainingDataset``) of ``batch_size`` samples, fewer
+    when ``skip_corrupt`` dropped some; with ``drop_last=False`` the epoch's last batch may be
+    smaller. ``bucket_by_length`` groups captions of similar length (see ``sampling``).
+    ``pin_memory`` (default: when CUDA is available) puts batches in page-locked memory, so the
+    copy to the GPU can overlap compute. Workers open the feature store lazily and send region
+    features as float16 through shared memory; ``worker_init_fn(worker_id)`` runs first in each
+    worker (e.g. to ignore stop signals).
     """
     lengths = dataset.text_lengths() if bucket_by_length else None
     sampler = DistributedShardSampler(len(dataset), rank=rank, world_size=world_size, seed=seed, shuffle=shuffle,
                                       drop_last=drop_last, lengths=lengths, batch_size=batch_size)
     dataset.set_epoch(sampler.epoch)
     extra = {"prefetch_factor": prefetch_factor} if num_workers > 0 and prefetch_factor else {}
-    return PretrainingLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
-                             num_workers=num_workers, drop_last=drop_last, pin_memory=pin_memory,
+    return PretrainingLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=built_by_dataset,
+                             num_workers=num_workers, drop_last=drop_last,
+                             pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
                              persistent_workers=False, worker_init_fn=worker_init_fn, **extra)

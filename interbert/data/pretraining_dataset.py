@@ -1,11 +1,14 @@
-"""Image-caption pairs for pretraining, with MSM/MLM, MRM/MOM and ITM applied per sample.
+"""Image-caption pairs for pretraining, built a whole batch at a time: MSM/MLM, MRM/MOM and ITM.
 
-One sample per caption line of the manifests (filtered by split). Captions are tokenised once at
-construction. ``__getitem__`` reads the image's record from the feature store, keeps at most
-``max_regions`` regions by detector confidence, prepends the global image token and applies the
-tasks; every random draw comes from ``PCG64([seed, epoch, index])``, so a (seed, epoch, index)
-triple always gives the same sample. ``collate`` pads a list of samples into the batch dict of
-the design notes.
+One sample per caption line of the manifests (filtered by split); captions are tokenised once at
+construction. ``__getitems__(indices)``, which the DataLoader calls with each batch of indices,
+reads the batch's records with one ``get_many_bytes`` (one LMDB transaction per shard), decodes
+each (checking its checksum), packs the kept regions straight into one B×R×F float16 array
+(``regions.pack_regions``) and applies every task to the whole batch with array operations.
+
+Sample i's random draws are ``sample_uniforms(seed, epoch, [i], draw_count)``, laid out by
+``draw_layout``: a pure function of (seed, epoch, index), so a triple gives the same sample in
+any batch, worker or resumed run, and a whole batch's draws are a few array operations.
 """
 from __future__ import annotations
 
@@ -13,18 +16,19 @@ import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional
 
 import numpy as np
 import torch
 
-from interbert.data.feature_store import FeatureStore
-from interbert.data.itm import draw_itm_caption
+from interbert.data.feature_store import CorruptRecordError, FeatureStore
+from interbert.data.itm import CaptionsByImage, draw_itm_captions
 from interbert.data.manifests import ManifestError, read_manifest
 from interbert.data.mrm import mask_regions_mom, mask_regions_mrm
-from interbert.data.msm import IGNORE_INDEX, mask_segments, mask_tokens_mlm
-from interbert.data.regions import fill_global_token, image_inputs
-from interbert.data.tokenization import load_tokenizer, random_token_pool, tokenize_captions
+from interbert.data.msm import IGNORE_INDEX, replace_masked, segment_mask, token_mask
+from interbert.data.regions import batch_tensor, fill_global_token, pack_regions
+from interbert.data.tokenization import (SPECIAL_WORD, TokenizedCaptions, load_tokenizer, random_token_pool,
+                                         tokenize_captions)
 
 logger = logging.getLogger("interbert.data")
 
@@ -91,6 +95,56 @@ def read_caption_pairs(manifests: Iterable, split: Optional[str], strict: bool, 
     return pairs
 
 
+def caption_batch(captions: TokenizedCaptions, indices: np.ndarray) -> tuple:
+    """Captions ``indices`` (B,) padded to the longest: ids B×T int64 (``PAD_ID`` after each
+    caption's end), word_ids B×T int64 (-1 at [CLS], [SEP] and padding), lengths (B,)."""
+    begin = captions.offsets[indices]
+    lengths = captions.offsets[np.asarray(indices) + 1] - begin
+    inside = np.arange(int(lengths.max())) < lengths[:, None]
+    positions = np.where(inside, begin[:, None] + np.arange(inside.shape[1]), 0)
+    ids = np.where(inside, captions.ids[positions], PAD_ID).astype(np.int64)
+    word_ids = np.where(inside, captions.word_ids[positions], SPECIAL_WORD).astype(np.int64)
+    return ids, word_ids, lengths
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # SplitMix64's increment, 2^64 / golden ratio
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's output function: a bijection of uint64 arrays that scatters every input bit."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def sample_uniforms(seed: int, epoch: int, indices: np.ndarray, count: int) -> np.ndarray:
+    """B×count float64 uniforms in [0, 1), row b a pure function of (seed, epoch, indices[b]).
+
+    Each sample's key hashes the triple (``_mix64`` is a bijection, so distinct epochs, and
+    distinct indices within an epoch, give distinct keys); its draws are the SplitMix64 stream
+    from that key (a generator that passes BigCrush), 53 bits per value as numpy's ``random()``.
+    """
+    def word(value) -> np.ndarray:
+        return np.asarray(value, dtype=np.int64).astype(np.uint64)  # two's complement for negatives
+
+    key = _mix64(_mix64(_mix64(word([seed]) + _GOLDEN) ^ word(epoch)) ^ word(indices))
+    steps = np.arange(1, count + 1, dtype=np.uint64) * _GOLDEN
+    return (_mix64(key[:, None] + steps) >> np.uint64(11)) * 2.0 ** -53
+
+
+def draw_layout(max_text_len: int, max_regions: int) -> dict:
+    """Where each task's uniforms sit among a sample's draws: name → slice (one per caption,
+    per piece/word up to ``max_text_len``, or per region up to ``max_regions``)."""
+    sizes = {"itm_negative": 1, "itm_caption": 1, "text_select": max_text_len, "text_fallback": 1,
+             "text_extra": max_text_len, "text_replace": max_text_len, "text_token": max_text_len,
+             "regions": max_regions}
+    layout, start = {}, 0
+    for name, size in sizes.items():
+        layout[name] = slice(start, start + size)
+        start += size
+    return layout
+
+
 class PretrainingDataset(torch.utils.data.Dataset):
     """Pretraining samples over a feature store and caption manifests.
 
@@ -105,20 +159,32 @@ class PretrainingDataset(torch.utils.data.Dataset):
             token comes on top, so a sample has up to max_regions + 1 regions.
         tasks: PretrainingTasks. seed: base of every random draw. strict: raise on bad input
             instead of skipping and counting it in ``skipped``.
+        skip_corrupt: a record that fails its checksum or cannot be decoded drops its sample from
+            the batch, counted in ``skipped["corrupt record"]`` and logged with the image id;
+            without it the batch fails with a message naming the image.
 
-    ``__getitem__`` returns unpadded numpy arrays: input_ids, token_type_ids, msm_labels (T,);
-    region_features (R×F float32), region_locations (R×5), mrm_labels (R,), optionally
-    mrm_soft_labels (R×C float32); itm_labels (scalar). Row 0 of the regions is the global token.
+    ``__getitems__(indices)`` returns ``(batch, dropped, failure)``: the batch dict of the design
+    notes (torch, batch first): input_ids, token_type_ids, text_mask, region_features (B×R×F
+    float16), region_locations (B×R×5 float32), region_mask, msm_labels, mrm_labels, optionally
+    mrm_soft_labels (B×R×C float16), itm_labels (B); the image ids of the samples dropped as
+    corrupt; and None, or (batch None) the message of a ``CorruptRecordError`` that the caller
+    raises: a DataLoader worker returns it rather than raising, so that the error reaches the
+    training process as one line, not wrapped in the worker's traceback. ``dataset[i]`` is
+    sample i (its batch of one without the batch axis, as numpy) or raises that error. Row 0 of
+    the regions is the global token.
     """
 
     def __init__(self, store, manifests, vocab_file: Optional[str] = None, split: Optional[str] = "train",
                  max_text_len: int = 36, max_regions: int = 36, tasks: Optional[PretrainingTasks] = None,
-                 seed: int = 0, strict: bool = False):
+                 seed: int = 0, strict: bool = False, skip_corrupt: bool = False):
         self.store = store if isinstance(store, FeatureStore) else FeatureStore(store)
         self.tasks = tasks or PretrainingTasks()
         self.max_text_len, self.max_regions = max_text_len, max_regions
         self.seed, self.epoch = int(seed), 0
+        self.skip_corrupt = skip_corrupt
         self.skipped: Counter = Counter()
+        self.layout = draw_layout(max_text_len, max_regions)
+        self.draw_count = max(part.stop for part in self.layout.values())
         metadata = self.store.metadata
         if self.tasks.mrm_soft_labels and not metadata.has_class_probs:
             raise DatasetError(f"feature store {self.store.path} holds no class distributions, so "
@@ -155,6 +221,7 @@ class PretrainingDataset(torch.utils.data.Dataset):
                                f"{split!r} (skipped: {dict(self.skipped) or 'none'})")
         if self.tasks.itm_negative_prob > 0 and len(self.image_ids) < 2:
             raise DatasetError("image-text matching needs captions of at least two images")
+        self.captions_by_image = CaptionsByImage(self.caption_image)
         self.log_report()
 
     def _drop_missing_images(self, pairs: list, strict: bool) -> list:
@@ -187,104 +254,105 @@ class PretrainingDataset(torch.utils.data.Dataset):
         """Word pieces per sample (with [CLS]/[SEP]), for length bucketing."""
         return self.captions.lengths()
 
-    def rng(self, index: int) -> np.random.Generator:
-        return np.random.Generator(np.random.PCG64([self.seed, self.epoch, int(index)]))
-
     def __getitem__(self, index: int) -> dict:
-        rng = self.rng(index)
-        tasks = self.tasks
-        caption, itm_label = draw_itm_caption(index, self.caption_image, rng, tasks.itm_negative_prob)
-        apply_masks = itm_label == 1 or tasks.mask_mismatched_pairs
-        sample = self._text(caption, rng, apply_masks)
-        sample.update(self._image(self.image_ids[self.caption_image[index]], rng, apply_masks))
-        sample["itm_labels"] = np.int64(itm_label)
-        return sample
+        batch, _, failure = self.__getitems__([index])
+        if failure:
+            raise CorruptRecordError(failure)
+        return {key: value[0].numpy() for key, value in batch.items()}
 
-    def _text(self, caption: int, rng: np.random.Generator, apply_masks: bool) -> dict:
-        ids, word_ids = self.captions.get(caption)
+    def __getitems__(self, indices) -> tuple:
+        """``(batch, dropped image ids, failure)`` for samples ``indices`` (see the class docstring)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        try:
+            records, corrupt = self._read(indices)
+        except CorruptRecordError as error:
+            return None, [], str(error)
+        indices = np.delete(indices, [row for row, _ in corrupt])
+        u = sample_uniforms(self.seed, self.epoch, indices, self.draw_count)
         tasks = self.tasks
-        if not apply_masks:
-            inputs, labels = ids.astype(np.int64), np.full(ids.shape, IGNORE_INDEX, dtype=np.int64)
-        elif tasks.text_task == "msm":
-            inputs, labels = mask_segments(ids, word_ids, rng, self.mask_id, self.random_pool,
-                                           tasks.msm_anchor_prob, tasks.msm_max_extra_words,
-                                           tasks.mask_token_prob, tasks.random_token_prob)
-        else:
-            inputs, labels = mask_tokens_mlm(ids, word_ids, rng, self.mask_id, self.random_pool,
-                                             tasks.mlm_token_prob, tasks.mask_token_prob, tasks.random_token_prob)
-        return {"input_ids": inputs, "token_type_ids": np.zeros(ids.shape, dtype=np.int64), "msm_labels": labels}
+        captions, itm_labels = draw_itm_captions(indices, self.captions_by_image, u[:, self.layout["itm_negative"]][:, 0],
+                                                 u[:, self.layout["itm_caption"]][:, 0], tasks.itm_negative_prob)
+        masked_pair = (itm_labels == 1) | tasks.mask_mismatched_pairs
+        batch = self._text(captions, masked_pair, u)
+        batch.update(self._regions(records, masked_pair, u))
+        batch["itm_labels"] = torch.from_numpy(itm_labels)
+        ordered = ("input_ids", "token_type_ids", "text_mask", "region_features", "region_locations", "region_mask",
+                   "msm_labels", "mrm_labels", "mrm_soft_labels", "itm_labels")
+        return {key: batch[key] for key in ordered if key in batch}, [image_id for _, image_id in corrupt], None
 
-    def _image(self, image_id: str, rng: np.random.Generator, apply_masks: bool) -> dict:
-        record = self.store.get(image_id)
-        features, locations, selection = image_inputs(record, self.max_regions)
-        n = features.shape[0] - 1
-        boxes = record.boxes if selection is None else record.boxes[selection]
+    def _read(self, indices: np.ndarray) -> tuple:
+        """The records of the samples' images (one transaction per shard), and ``(row, image id)``
+        of the samples dropped as corrupt (only with ``skip_corrupt``)."""
+        ids = [self.image_ids[i] for i in self.caption_image[indices].tolist()]
+        records, corrupt = [], []
+        for row, (image_id, data) in enumerate(zip(ids, self.store.get_many_bytes(ids))):
+            try:
+                records.append(self.store.decode(image_id, data))
+            except CorruptRecordError as error:
+                if not self.skip_corrupt:
+                    raise
+                corrupt.append((row, image_id))
+                self.skipped["corrupt record"] += 1
+                logger.warning("skipped sample %d (skip_corrupt): %s", int(indices[row]), error)
+        if not records:
+            raise CorruptRecordError(f"feature store {self.store.path}: every record of a batch is corrupt "
+                                     f"(images {sorted(set(ids))}), so no sample is left; run `interbert data "
+                                     "verify` to list the bad records and rebuild the store")
+        return records, corrupt
+
+    def _text(self, captions: np.ndarray, masked_pair: np.ndarray, u: np.ndarray) -> dict:
+        """Text inputs and MSM (or MLM) labels of the chosen captions; rows where ``masked_pair``
+        is false stay unmasked."""
+        ids, word_ids, lengths = caption_batch(self.captions, captions)
+        b, t = ids.shape
         tasks = self.tasks
-        if not apply_masks:
-            masked = np.zeros(n, dtype=bool)
-        elif tasks.region_task == "mrm":
-            masked = mask_regions_mrm(boxes, rng, tasks.mrm_anchor_prob, tasks.mrm_iou_threshold)
+
+        def draws(name):
+            return u[:, self.layout[name]][:, :t]
+
+        fallback = u[:, self.layout["text_fallback"]][:, 0]
+        if tasks.text_task == "msm":
+            masked = segment_mask(word_ids, draws("text_select"), fallback, draws("text_extra"),
+                                  tasks.msm_anchor_prob, tasks.msm_max_extra_words)
         else:
-            masked = mask_regions_mom(n, rng, tasks.mom_region_prob)
-        features[1:][masked] = 0.0
-        fill_global_token(features)
-        labels = np.full(n + 1, IGNORE_INDEX, dtype=np.int64)
-        if record.labels is not None:
-            detector = record.labels if selection is None else record.labels[selection]
-            labels[1:][masked] = detector[masked]
-            labels[labels == -1] = IGNORE_INDEX  # -1: the detector gave no class
-        sample = {"region_features": features, "region_locations": locations, "mrm_labels": labels}
+            masked = token_mask(word_ids, draws("text_select"), fallback, tasks.mlm_token_prob)
+        masked &= masked_pair[:, None]
+        inputs, labels = replace_masked(ids, masked, draws("text_replace"), draws("text_token"), self.mask_id,
+                                        self.random_pool, tasks.mask_token_prob, tasks.random_token_prob)
+        return {"input_ids": torch.from_numpy(inputs), "token_type_ids": torch.zeros((b, t), dtype=torch.long),
+                "text_mask": torch.from_numpy(np.arange(t) < lengths[:, None]), "msm_labels": torch.from_numpy(labels)}
+
+    def _regions(self, records: list, masked_pair: np.ndarray, u: np.ndarray) -> dict:
+        """Region inputs and MRM (or MOM) targets; masked regions' features are zeroed before the
+        global token (their mean) is computed."""
+        packed = pack_regions(records, self.max_regions)
+        n = packed.boxes.shape[1]
+        real = np.arange(n) < packed.counts[:, None]
+        draws = u[:, self.layout["regions"]][:, :n]
+        tasks = self.tasks
+        if tasks.region_task == "mrm":
+            masked = mask_regions_mrm(packed.boxes, real, draws, tasks.mrm_anchor_prob, tasks.mrm_iou_threshold)
+        else:
+            masked = mask_regions_mom(real, draws, tasks.mom_region_prob)
+        masked &= masked_pair[:, None]
+        packed.features.numpy()[:, 1:][masked] = 0
+        fill_global_token(packed.features, packed.counts)
+        labels = np.full((len(records), n + 1), IGNORE_INDEX, dtype=np.int64)
+        labels[:, 1:] = np.where(masked & (packed.labels >= 0), packed.labels, IGNORE_INDEX)
+        regions = {"region_features": packed.features, "region_locations": packed.locations,
+                   "region_mask": packed.mask, "mrm_labels": torch.from_numpy(labels)}
         if tasks.mrm_soft_labels:
-            soft = np.zeros((n + 1, self.store.metadata.num_classes), dtype=np.float32)
+            regions["mrm_soft_labels"] = self._soft_labels(records, packed, masked)
+        return regions
+
+    def _soft_labels(self, records: list, packed, masked: np.ndarray) -> torch.Tensor:
+        """B×R×C float16: the detector class distribution at masked regions, zero elsewhere."""
+        soft = batch_tensor(packed.mask.shape + (self.store.metadata.num_classes,), torch.float16)
+        rows = soft.numpy()
+        rows[:] = 0
+        for row in np.flatnonzero(masked.any(axis=1)).tolist():
+            record, selection = records[row], packed.selections[row]
             if record.class_probs is not None:
-                probs = record.class_probs if selection is None else record.class_probs[selection]
-                soft[1:][masked] = probs[masked]
-            sample["mrm_soft_labels"] = soft
-        return sample
-
-
-def collate(samples: Sequence[dict]) -> dict:
-    """Pad samples to the longest text and the most regions in the batch.
-
-    Returns the batch dict of the design notes, all torch tensors, batch first: input_ids,
-    token_type_ids, msm_labels (B×T long), text_mask (B×T bool), region_features (B×R×F float32),
-    region_locations (B×R×5 float32), region_mask (B×R bool), mrm_labels (B×R long), optionally
-    mrm_soft_labels (B×R×C float32), itm_labels (B long).
-    """
-    b = len(samples)
-    t = max(s["input_ids"].shape[0] for s in samples)
-    r = max(s["region_features"].shape[0] for s in samples)
-    f = samples[0]["region_features"].shape[1]
-    input_ids = np.full((b, t), PAD_ID, dtype=np.int64)
-    token_type_ids = np.zeros((b, t), dtype=np.int64)
-    text_mask = np.zeros((b, t), dtype=bool)
-    msm_labels = np.full((b, t), IGNORE_INDEX, dtype=np.int64)
-    region_features = np.zeros((b, r, f), dtype=np.float32)
-    region_locations = np.zeros((b, r, 5), dtype=np.float32)
-    region_mask = np.zeros((b, r), dtype=bool)
-    mrm_labels = np.full((b, r), IGNORE_INDEX, dtype=np.int64)
-    has_soft = "mrm_soft_labels" in samples[0]
-    if has_soft:
-        soft = np.zeros((b, r, samples[0]["mrm_soft_labels"].shape[1]), dtype=np.float32)
-    itm_labels = np.empty(b, dtype=np.int64)
-    for i, s in enumerate(samples):
-        n = s["input_ids"].shape[0]
-        input_ids[i, :n] = s["input_ids"]
-        token_type_ids[i, :n] = s["token_type_ids"]
-        text_mask[i, :n] = True
-        msm_labels[i, :n] = s["msm_labels"]
-        m = s["region_features"].shape[0]
-        region_features[i, :m] = s["region_features"]
-        region_locations[i, :m] = s["region_locations"]
-        region_mask[i, :m] = True
-        mrm_labels[i, :m] = s["mrm_labels"]
-        if has_soft:
-            soft[i, :m] = s["mrm_soft_labels"]
-        itm_labels[i] = s["itm_labels"]
-    batch = {"input_ids": input_ids, "token_type_ids": token_type_ids, "text_mask": text_mask,
-             "region_features": region_features, "region_locations": region_locations,
-             "region_mask": region_mask, "msm_labels": msm_labels, "mrm_labels": mrm_labels}
-    if has_soft:
-        batch["mrm_soft_labels"] = soft
-    batch["itm_labels"] = itm_labels
-    return {key: torch.from_numpy(value) for key, value in batch.items()}
+                columns = np.flatnonzero(masked[row])
+                rows[row, columns + 1] = record.class_probs[columns if selection is None else selection[columns]]
+        return soft

@@ -9,8 +9,8 @@ import torch
 
 from interbert.data.feature_store import FeatureStore
 from interbert.data.manifests import read_manifest
-from interbert.data.pretraining_dataset import PAD_ID, DatasetError
-from interbert.data.regions import fill_global_token, image_inputs
+from interbert.data.pretraining_dataset import DatasetError, caption_batch
+from interbert.data.regions import fill_global_token, image_inputs, pad_regions
 from interbert.data.tokenization import load_tokenizer, tokenize_captions
 
 
@@ -65,35 +65,19 @@ class RetrievalCorpus:
         if self._images[index] is None:
             features, locations, _ = image_inputs(self.store.get(self.image_ids[index]), self.max_regions)
             fill_global_token(features)
-            self._images[index] = (features.astype(np.float16), locations)
+            self._images[index] = (features, locations)
         return self._images[index]
 
     def text_batch(self, caption_indices: Sequence[int]) -> dict:
         """input_ids, token_type_ids (B×T long), text_mask (B×T bool) for these captions."""
-        pieces = [self.captions.get(int(i))[0] for i in caption_indices]
-        t = max(p.shape[0] for p in pieces)
-        input_ids = np.full((len(pieces), t), PAD_ID, dtype=np.int64)
-        text_mask = np.zeros((len(pieces), t), dtype=bool)
-        for row, p in enumerate(pieces):
-            input_ids[row, :p.shape[0]] = p
-            text_mask[row, :p.shape[0]] = True
-        return {"input_ids": torch.from_numpy(input_ids),
-                "token_type_ids": torch.zeros(input_ids.shape, dtype=torch.long),
-                "text_mask": torch.from_numpy(text_mask)}
+        ids, _, lengths = caption_batch(self.captions, np.asarray(caption_indices, dtype=np.int64))
+        return {"input_ids": torch.from_numpy(ids), "token_type_ids": torch.zeros(ids.shape, dtype=torch.long),
+                "text_mask": torch.from_numpy(np.arange(ids.shape[1]) < lengths[:, None])}
 
     def image_batch(self, image_indices: Sequence[int]) -> dict:
-        """region_features (B×R×F float32), region_locations (B×R×5), region_mask (B×R bool)."""
-        images = [self.image(int(i)) for i in image_indices]
-        r = max(f.shape[0] for f, _ in images)
-        features = np.zeros((len(images), r, images[0][0].shape[1]), dtype=np.float32)
-        locations = np.zeros((len(images), r, 5), dtype=np.float32)
-        mask = np.zeros((len(images), r), dtype=bool)
-        for row, (f, loc) in enumerate(images):
-            features[row, :f.shape[0]] = f
-            locations[row, :f.shape[0]] = loc
-            mask[row, :f.shape[0]] = True
-        return {"region_features": torch.from_numpy(features), "region_locations": torch.from_numpy(locations),
-                "region_mask": torch.from_numpy(mask)}
+        """region_features (B×R×F float16: the model casts them on its device), region_locations
+        (B×R×5 float32), region_mask (B×R bool)."""
+        return pad_regions([self.image(int(i)) for i in image_indices])
 
     def pair_batch(self, caption_indices: Sequence[int], image_indices: Sequence[int]) -> dict:
         """The six model inputs for pairs (caption_indices[b], image_indices[b]), padded, unmasked."""

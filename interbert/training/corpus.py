@@ -6,8 +6,6 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from interbert.config import InterBertConfig
 from interbert.data.loader import PretrainingLoader, build_pretraining_loader
 from interbert.data.pretraining_dataset import PretrainingDataset, PretrainingTasks
@@ -53,20 +51,24 @@ def tasks_for(model_config: InterBertConfig, store_has_class_probs: bool) -> Pre
 def build_run_data(*, features: str, captions: list[str], vocab: str | None,
                    model_config: InterBertConfig, micro_batch: int, rank: int, world_size: int,
                    num_workers: int, seed: int, max_text_len: int, max_regions: int,
-                   validation_split: str | None) -> RunData:
+                   validation_split: str | None, skip_corrupt: bool = False) -> RunData:
+    """skip_corrupt: drop (count and log) samples whose record fails its checksum instead of
+    stopping the run with the error that names the image (--skip-corrupt)."""
     check_paths(features, captions, vocab)
     train_set = PretrainingDataset(features, captions, vocab_file=vocab, split="train",
                                    max_text_len=max_text_len, max_regions=max_regions, seed=seed,
-                                   tasks=tasks_for(model_config, _has_class_probs(features)))
+                                   tasks=tasks_for(model_config, _has_class_probs(features)),
+                                   skip_corrupt=skip_corrupt)
     if len(train_set) < micro_batch * world_size:
         raise CorpusError(
             f"the training split has {len(train_set)} captions, fewer than one micro-batch per rank "
             f"({micro_batch} x {world_size} ranks): use a larger corpus or a smaller "
             "train_micro_batch_size_per_gpu")
-    # drop_last: every optimizer step sees full micro-batches on every rank.
+    # drop_last: every optimizer step sees full micro-batches on every rank (one is short only
+    # where skip_corrupt dropped a sample).
     train = build_pretraining_loader(train_set, micro_batch, rank=rank, world_size=world_size,
                                      num_workers=num_workers, seed=seed, shuffle=True,
-                                     drop_last=True, pin_memory=torch.cuda.is_available())
+                                     drop_last=True)
     train.worker_init_fn = ignore_stop_signals
     validation = None
     if validation_split:
@@ -74,7 +76,7 @@ def build_run_data(*, features: str, captions: list[str], vocab: str | None,
             val_set = PretrainingDataset(features, captions, vocab_file=vocab,
                                          split=validation_split, max_text_len=max_text_len,
                                          max_regions=max_regions, seed=seed + 1,
-                                         tasks=train_set.tasks)
+                                         tasks=train_set.tasks, skip_corrupt=skip_corrupt)
         except ValueError as error:
             raise CorpusError(f"validation split {validation_split!r}: {error}") from None
         validation = build_pretraining_loader(val_set, micro_batch, rank=rank,

@@ -1,4 +1,4 @@
-"""The pretraining dataset and collate: the batch contract, region selection, bad input."""
+"""The pretraining dataset's batches: the batch contract, region selection, bad input."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +8,8 @@ import torch
 from data_test_helpers import make_record, put_raw, write_manifest_lines, write_store
 from interbert.data.record_format import encode_record
 from interbert.data.feature_store import CorruptRecordError
-from interbert.data.pretraining_dataset import DatasetError, PretrainingDataset, PretrainingTasks, collate
+from interbert.data.loader import build_pretraining_loader
+from interbert.data.pretraining_dataset import DatasetError, PretrainingDataset, PretrainingTasks
 
 BATCH_KEYS = ["input_ids", "token_type_ids", "text_mask", "region_features", "region_locations", "region_mask",
               "msm_labels", "mrm_labels", "itm_labels"]
@@ -23,16 +24,16 @@ def entry(image_id, caption, split="train"):
     return {"image_id": image_id, "caption": caption, "split": split, "source": "test"}
 
 
-def test_collate_returns_exactly_the_batch_contract(synth_corpus, vocab_file):
+def test_a_batch_is_exactly_the_batch_contract(synth_corpus, vocab_file):
     dataset = PretrainingDataset(synth_corpus / "features", synth_corpus / "captions.jsonl", vocab_file)
     samples = [dataset[i] for i in range(6)]
-    batch = collate(samples)
-    assert list(batch) == BATCH_KEYS
+    batch, corrupt, failure = dataset.__getitems__(range(6))
+    assert list(batch) == BATCH_KEYS and corrupt == [] and failure is None
     b, t = batch["input_ids"].shape
     r = batch["region_features"].shape[1]
     assert (b, t, r) == (6, max(len(s["input_ids"]) for s in samples), max(len(s["mrm_labels"]) for s in samples))
     expected = {"input_ids": ((b, t), torch.long), "token_type_ids": ((b, t), torch.long),
-                "text_mask": ((b, t), torch.bool), "region_features": ((b, r, 2048), torch.float32),
+                "text_mask": ((b, t), torch.bool), "region_features": ((b, r, 2048), torch.float16),
                 "region_locations": ((b, r, 5), torch.float32), "region_mask": ((b, r), torch.bool),
                 "msm_labels": ((b, t), torch.long), "mrm_labels": ((b, r), torch.long), "itm_labels": ((b,), torch.long)}
     assert {k: (tuple(v.shape), v.dtype) for k, v in batch.items()} == expected
@@ -40,6 +41,10 @@ def test_collate_returns_exactly_the_batch_contract(synth_corpus, vocab_file):
     assert lengths.tolist() == [len(s["input_ids"]) for s in samples]
     assert (batch["input_ids"][~batch["text_mask"]] == 0).all() and (batch["msm_labels"][~batch["text_mask"]] == -100).all()
     assert (batch["region_features"][~batch["region_mask"]] == 0).all()
+    for row, sample in enumerate(samples):  # a batch pads its samples and changes nothing else
+        for key, value in sample.items():
+            padded = batch[key][row].numpy()
+            np.testing.assert_array_equal(padded[tuple(slice(0, n) for n in value.shape)], value)
 
 
 def test_region_locations_follow_the_five_number_convention(tmp_path, vocab_file):
@@ -64,7 +69,8 @@ def test_at_most_max_regions_are_kept_by_detector_confidence(tmp_path, vocab_fil
 def test_over_long_captions_are_truncated_and_counted(tmp_path, vocab_file):
     store, manifest = corpus(tmp_path, [make_record("a"), make_record("b")],
                              [entry("a", "a dog " * 30), entry("b", "a cat")])
-    dataset = PretrainingDataset(store, manifest, vocab_file, max_text_len=12)
+    dataset = PretrainingDataset(store, manifest, vocab_file, max_text_len=12,
+                                 tasks=PretrainingTasks(itm_negative_prob=0.0))  # sample 0 keeps its caption
     assert dataset.truncated == 1 and len(dataset) == 2
     assert len(dataset[0]["input_ids"]) == 12 and dataset[0]["input_ids"][-1] == 102
 
@@ -100,17 +106,39 @@ def test_corrupt_record_met_during_training_names_its_key(tmp_path, vocab_file):
         dataset[0]
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_loader_stops_with_one_line_or_counts_the_skip(tmp_path, vocab_file, workers):
+    records = [make_record(str(i), seed=i) for i in range(4)]
+    store, manifest = corpus(tmp_path, records, [entry(str(i), f"a dog number {i}") for i in range(4)])
+    put_raw(store, "2", encode_record(records[2])[:3000])
+    tasks = PretrainingTasks(itm_negative_prob=0.0)
+    loader = build_pretraining_loader(PretrainingDataset(store, manifest, vocab_file, tasks=tasks), batch_size=4,
+                                      num_workers=workers, shuffle=False)
+    with pytest.raises(CorruptRecordError) as caught:
+        next(iter(loader))
+    assert str(caught.value).startswith(f"feature store {store}: record '2' is corrupt")
+    assert "Traceback" not in str(caught.value) and "\n" not in str(caught.value)
+
+    dataset = PretrainingDataset(store, manifest, vocab_file, tasks=tasks, skip_corrupt=True)
+    loader = build_pretraining_loader(dataset, batch_size=4, num_workers=workers, shuffle=False)
+    batches = list(loader)
+    assert [b["itm_labels"].shape[0] for b in batches] == [3]
+    assert dataset.skipped["corrupt record"] == 1 and loader.sampler.consumed == 4
+
+
 def test_soft_labels_carry_the_class_distribution_of_masked_regions(tmp_path, vocab_file):
     records = [make_record("a", num_regions=8, class_probs=True), make_record("b", class_probs=True)]
     store, manifest = corpus(tmp_path, records, [entry("a", "a dog"), entry("b", "a cat")])
     tasks = PretrainingTasks(mrm_soft_labels=True, mrm_anchor_prob=0.5, itm_negative_prob=0.0)
-    batch = collate([PretrainingDataset(store, manifest, vocab_file, tasks=tasks)[0]])
+    batch, _, _ = PretrainingDataset(store, manifest, vocab_file, tasks=tasks).__getitems__([0])
     soft, labels = batch["mrm_soft_labels"], batch["mrm_labels"]
-    assert soft.shape == (1, 9, 1601) and soft.dtype == torch.float32
+    assert soft.shape == (1, 9, 1601) and soft.dtype == torch.float16  # as stored
     masked = labels[0] != -100
     assert masked.any()
-    torch.testing.assert_close(soft[0][masked].sum(-1), torch.ones(int(masked.sum())), atol=2e-2, rtol=0)
+    torch.testing.assert_close(soft[0][masked].float().sum(-1), torch.ones(int(masked.sum())), atol=2e-2, rtol=0)
     assert (soft[0][~masked] == 0).all()
+    rows = np.flatnonzero(masked[1:].numpy())  # 8 regions: all kept, in stored order
+    np.testing.assert_array_equal(soft[0][1:][rows].numpy(), records[0].class_probs[rows].astype(np.float16))
 
 
 def test_soft_labels_without_class_distributions_in_the_store_is_an_error(tmp_path, vocab_file):
