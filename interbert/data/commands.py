@@ -6,6 +6,7 @@ when it runs.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from interbert.data.feature_store import FeatureStoreError
@@ -97,19 +98,36 @@ def run_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+EXIT_INTERRUPTED = 130
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def guarded(func):
-    """Turn the data path's own errors into a one-line message and exit status 2."""
+    """Turn the data path's own errors into a one-line message and exit status 2. SIGTERM (a
+    scheduler's stop, ``kill``) interrupts like Ctrl-C: the store being written is removed (it
+    was only ever under ``OUT.tmp-<pid>``), and the exit status is 130."""
     def run(args: argparse.Namespace) -> int:
         from interbert.data.captions import CaptionFormatError
         from interbert.data.detections import ConversionError
         from interbert.data.manifests import ManifestError
 
+        previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             return func(args)
         except (FeatureStoreError, ConversionError, CaptionFormatError, ManifestError, FileExistsError,
                 FileNotFoundError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt as stop:
+            out = getattr(args, "out", None)
+            left = f"; nothing was written under {out}" if out else ""
+            print(f"interrupted ({str(stop) or 'SIGINT'}){left}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     return run
 
 

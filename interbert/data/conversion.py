@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -105,13 +106,19 @@ def process_unit(parse: Callable, metadata: StoreMetadata, box_tolerance: float,
             else _check_and_encode(image, metadata, box_tolerance) for image in images]
 
 
+def _worker_signals() -> None:
+    """Workers leave Ctrl-C to the main process (which stops the pool) and die on SIGTERM."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _results_in_order(worker: Callable, units: Iterable, workers: int):
     if workers <= 1:
         for unit in units:
             yield worker(unit)
         return
     method = "fork" if sys.platform.startswith("linux") else "spawn"
-    with multiprocessing.get_context(method).Pool(workers) as pool:
+    with multiprocessing.get_context(method).Pool(workers, initializer=_worker_signals) as pool:
         pending: deque = deque()
         for unit in units:
             pending.append(pool.apply_async(worker, (unit,)))

@@ -55,25 +55,33 @@ def detections_to_record(image_id: str, width, height, boxes: np.ndarray, featur
                         boxes=boxes, labels=labels, confidences=confidences, class_probs=cls_prob, extras=extras)
 
 
-def decode_base64(text, where: str) -> bytes:
-    """Strict base64 → bytes: any character outside the alphabet is an error naming ``where``."""
+def place_text(where) -> str:
+    """``where`` as text: a string, or a function giving one. Converters pass functions where naming
+    the place costs work (counting a line number), so that only an error pays for it."""
+    return where() if callable(where) else str(where)
+
+
+def decode_base64(text, where) -> bytes:
+    """Strict base64 → bytes: any character outside the alphabet is an error naming ``where``
+    (see ``place_text``)."""
     try:
         if sys.version_info >= (3, 11):
             return binascii.a2b_base64(text, strict_mode=True)
         import base64
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as error:
-        raise ConversionError(f"{where}: not valid base64 ({error}); the file is damaged or not of this "
+        raise ConversionError(f"{place_text(where)}: not valid base64 ({error}); the file is damaged or not of this "
                               "layout") from None
 
 
-def array_from_bytes(raw: bytes, dtype, rows: int, where: str, columns: Optional[int] = None) -> np.ndarray:
-    """``raw`` as a ``rows``×k array of ``dtype`` (k = ``columns`` when given, else from the length)."""
+def array_from_bytes(raw: bytes, dtype, rows: int, where, columns: Optional[int] = None) -> np.ndarray:
+    """``raw`` as a ``rows``×k array of ``dtype`` (k = ``columns`` when given, else from the length);
+    ``where`` as for ``decode_base64``."""
     itemsize = np.dtype(dtype).itemsize
     count = len(raw) // itemsize
     if len(raw) % itemsize or (rows and count % rows) or (columns is not None and count != rows * columns):
         expected = f"{rows}×{columns}" if columns is not None else f"a multiple of {rows}"
-        raise ConversionError(f"{where}: {len(raw)} bytes are not {expected} {np.dtype(dtype).name} values "
+        raise ConversionError(f"{place_text(where)}: {len(raw)} bytes are not {expected} {np.dtype(dtype).name} values "
                               "(num_boxes or the feature size disagrees with the arrays)")
     if not rows:
         return np.zeros((0, columns or 0), dtype)

@@ -51,8 +51,14 @@ class SourceLine:
     offset: int
 
     def __str__(self) -> str:
+        line, left = 1, self.offset
         with open(self.path, "rb") as handle:
-            line = handle.read(self.offset).count(b"\n") + 1
+            while left > 0:  # in blocks: the offset may lie hundreds of GB into the file
+                block = handle.read(min(left, 16 << 20))
+                if not block:
+                    break
+                line += block.count(b"\n")
+                left -= len(block)
         return f"{self.path}:{line}"
 
 
@@ -126,13 +132,13 @@ def parse_row(fields: dict, where, feature_size: int, objects_id_base: int) -> C
     for column in ARRAY_COLUMNS:
         text = fields.get(column)
         if column in ("boxes", "features") or text:
-            raw = decode_base64(text, f"{where} (image {image_id!r}) column {column}")
+            raw = decode_base64(text, lambda: f"{where} (image {image_id!r}) column {column}")
             dtype = np.float32
             if column in ("objects_id", "attrs_id"):  # one id per box: 8 bytes each is int64, else int32
                 dtype = np.int64 if len(raw) == 8 * num_boxes else np.int32
             columns = {"boxes": 4, "objects_id": 1, "objects_conf": 1}.get(column)
-            arrays[column] = array_from_bytes(raw, dtype, num_boxes, f"{where} (image {image_id!r}) column "
-                                              f"{column}, num_boxes {num_boxes}", columns)
+            arrays[column] = array_from_bytes(raw, dtype, num_boxes, lambda: f"{where} (image {image_id!r}) "
+                                              f"column {column}, num_boxes {num_boxes}", columns)
     features = arrays["features"]
     if num_boxes and features.shape[1] != feature_size:
         raise ConversionError(f"{where} (image {image_id!r}): {features.shape[1]} values per region, the store "

@@ -123,7 +123,7 @@ def feature_row(line: bytes, where, feature_size: int) -> tuple:
     except (ValueError, KeyError, TypeError) as error:
         raise ConversionError(f"{where}: not a VinVL feature row ({type(error).__name__}: {error}); expected "
                               "image_id, num_boxes, base64 or image_id, JSON with num_boxes and features") from None
-    raw = decode_base64(text, f"{where} (image {image_id!r})")
+    raw = decode_base64(text, lambda: f"{where} (image {image_id!r})")
     width = feature_size + POSITION_VALUES
     if num_boxes < 0 or len(raw) != num_boxes * width * 4:
         per_region = f"{len(raw) / 4 / num_boxes:g}" if num_boxes > 0 else f"{len(raw)} bytes for 0"
