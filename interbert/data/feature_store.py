@@ -19,6 +19,7 @@ import os
 import shutil
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -285,8 +286,10 @@ class FeatureStore:
     def __contains__(self, image_id: str) -> bool:
         return not self.missing([image_id])
 
-    def _lookup_many(self, image_ids, buffers: bool):
-        """Yield ``(image_id, bytes or None)`` for ``image_ids``, one transaction per shard touched."""
+    def _lookup_many(self, image_ids, buffers: bool, open_transactions: Optional[list] = None):
+        """Yield ``(image_id, bytes or None)`` for ``image_ids``, one transaction per shard touched.
+        With ``open_transactions`` the transactions are left open there for the caller to end
+        (``buffers=True`` values are valid only until then)."""
         pending = list(image_ids)
         for level in range(len(self.groups)):
             by_shard: dict = {}
@@ -295,8 +298,14 @@ class FeatureStore:
             pending = []
             for shard, ids in by_shard.items():
                 try:
-                    with shared_environment(shard).begin(buffers=buffers) as txn:
+                    txn = shared_environment(shard).begin(buffers=buffers)
+                    try:
                         found = [(image_id, txn.get(image_id.encode("utf-8"))) for image_id in ids]
+                    finally:
+                        if open_transactions is None:
+                            txn.abort()  # a read transaction: nothing to commit
+                        else:
+                            open_transactions.append(txn)
                 except lmdb.Error as error:
                     raise damaged_store_error(shard, error) from None
                 for image_id, data in found:
@@ -342,13 +351,27 @@ class FeatureStore:
         """The record of ``image_id`` (arrays are read-only views; see the class docstring)."""
         return self.decode(image_id, self.get_bytes(image_id))
 
-    def get_many_bytes(self, image_ids) -> list:
-        """The records' bytes of ``image_ids``, in order (one transaction per shard touched)."""
-        found = dict(self._lookup_many(image_ids, False))
+    def _in_order(self, image_ids, found: dict) -> list:
         for image_id in image_ids:
             if found.get(image_id) is None:
                 raise self._missing_error(image_id)
         return [found[image_id] for image_id in image_ids]
+
+    def get_many_bytes(self, image_ids) -> list:
+        """The records' bytes of ``image_ids``, in order (one transaction per shard touched)."""
+        return self._in_order(image_ids, dict(self._lookup_many(image_ids, False)))
+
+    @contextmanager
+    def viewing(self, image_ids):
+        """``with store.viewing(ids) as views``: the records of ``ids`` in order, as memoryviews
+        into LMDB's memory map (no copy), valid only inside the block, whose read transactions
+        stay open until it ends. Arrays decoded from them must be copied before it ends."""
+        transactions: list = []
+        try:
+            yield self._in_order(image_ids, dict(self._lookup_many(image_ids, True, transactions)))
+        finally:
+            for txn in transactions:
+                txn.abort()
 
     def get_many(self, image_ids) -> list:
         """The records of ``image_ids``, in order, read in one transaction per shard touched."""

@@ -2,18 +2,26 @@
 resumable position tracking."""
 from __future__ import annotations
 
+import logging
 import weakref
+from typing import Optional
 
 import torch
 
+from interbert.data.batch_ring import BatchRing
 from interbert.data.feature_store import CorruptRecordError
 from interbert.data.sampling import DistributedShardSampler
 
+logger = logging.getLogger("interbert.data")
+
 
 def stop_workers(running: list) -> None:
-    """End the worker processes of the DataLoader iterators in ``running`` now (what an iterator
-    does when it is exhausted or collected; an error can keep it alive until exit)."""
-    for batches in running:
+    """End the worker processes of the DataLoader iterator in ``running`` (``[(iterator, ring)]``)
+    now, as an iterator does when it is exhausted or collected (an error can keep it alive until
+    exit); a worker waiting for a ring slot gives up first."""
+    for batches, ring in running:
+        if ring is not None:
+            ring.close()
         shutdown = getattr(batches, "_shutdown_workers", None)  # absent with num_workers=0
         if shutdown is not None:
             shutdown()
@@ -38,18 +46,43 @@ class PretrainingLoader(torch.utils.data.DataLoader):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._running: list = []  # the DataLoader iterator of the epoch in progress
+        self._running: list = []  # (DataLoader iterator, ring) of the epoch in progress
+        self._ring: Optional[BatchRing] = None
         # At exit (or when the loader goes), end workers an error left waiting: they ignore the
         # SIGTERM with which multiprocessing's own exit handler would stop them.
         weakref.finalize(self, stop_workers, self._running)
 
+    def _batch_ring(self) -> Optional[BatchRing]:
+        """The workers' ring (made once per loader), or None: no workers, or too little shared memory."""
+        if self.num_workers == 0 or self._ring is False:
+            return None
+        if self._ring is None:
+            slots = (self.prefetch_factor or 2) + 2
+            slot_bytes = self.dataset.batch_bytes(self.batch_size)
+            try:
+                self._ring = BatchRing(self.num_workers, slots, slot_bytes)
+            except RuntimeError as error:  # e.g. a container's small /dev/shm
+                logger.warning("no shared memory for the data-loader workers' batch ring (%d MiB: %s); each batch "
+                               "gets a segment of its own, which is slower (raise /dev/shm, e.g. docker "
+                               "--shm-size)", self.num_workers * slots * slot_bytes >> 20, error)
+                self._ring = False
+                return None
+        return self._ring
+
     def __iter__(self):
-        batches = super().__iter__()
-        self._running[:] = [batches]
+        stop_workers(self._running)
+        ring = self._batch_ring()
+        if ring is not None:
+            ring.reset()
+        self.dataset.batch_ring = ring
+        batches = super().__iter__()  # forks the workers, which inherit the ring
+        self._running[:] = [(batches, ring)]
         try:
             for batch, dropped, failure in batches:
                 if failure:
                     raise CorruptRecordError(failure)
+                if ring is not None:
+                    batch = ring.unseal(batch, self.pin_memory)
                 if dropped and self.num_workers > 0:
                     self.dataset.skipped["corrupt record"] += len(dropped)
                 self.sampler.mark_consumed(batch["itm_labels"].shape[0] + len(dropped))

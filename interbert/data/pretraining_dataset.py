@@ -2,8 +2,8 @@
 
 One sample per caption line of the manifests (filtered by split); captions are tokenised once at
 construction. ``__getitems__(indices)``, which the DataLoader calls with each batch of indices,
-reads the batch's records with one ``get_many_bytes`` (one LMDB transaction per shard), decodes
-each (checking its checksum), packs the kept regions straight into one B×R×F float16 array
+reads the batch's records in place (``FeatureStore.viewing``: one LMDB transaction per shard, no
+copy of their bytes), decodes each (checking its checksum), packs the kept regions straight into one B×R×F float16 array
 (``regions.pack_regions``) and applies every task to the whole batch with array operations.
 
 Sample i's random draws are ``sample_uniforms(seed, epoch, [i], draw_count)``, laid out by
@@ -16,11 +16,13 @@ import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from typing import Iterable, Optional
 
 import numpy as np
 import torch
 
+from interbert.data.batch_ring import ALIGNMENT, BatchRing
 from interbert.data.feature_store import CorruptRecordError, FeatureStore
 from interbert.data.itm import CaptionsByImage, draw_itm_captions
 from interbert.data.manifests import ManifestError, read_manifest
@@ -145,6 +147,14 @@ def draw_layout(max_text_len: int, max_regions: int) -> dict:
     return layout
 
 
+def _allocate(ring: Optional[BatchRing], shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """A batch's large array: in the worker's ring slot when there is one and it fits, else a
+    tensor of its own (``batch_tensor``)."""
+    if ring is not None and ring.fits(shape, dtype):
+        return ring.tensor(shape, dtype)
+    return batch_tensor(shape, dtype)
+
+
 class PretrainingDataset(torch.utils.data.Dataset):
     """Pretraining samples over a feature store and caption manifests.
 
@@ -182,6 +192,7 @@ class PretrainingDataset(torch.utils.data.Dataset):
         self.max_text_len, self.max_regions = max_text_len, max_regions
         self.seed, self.epoch = int(seed), 0
         self.skip_corrupt = skip_corrupt
+        self.batch_ring: Optional[BatchRing] = None  # set by the loader for its workers
         self.skipped: Counter = Counter()
         self.layout = draw_layout(max_text_len, max_regions)
         self.draw_count = max(part.stop for part in self.layout.values())
@@ -263,10 +274,17 @@ class PretrainingDataset(torch.utils.data.Dataset):
     def __getitems__(self, indices) -> tuple:
         """``(batch, dropped image ids, failure)`` for samples ``indices`` (see the class docstring)."""
         indices = np.asarray(indices, dtype=np.int64)
-        try:
-            records, corrupt = self._read(indices)
-        except CorruptRecordError as error:
-            return None, [], str(error)
+        ids = [self.image_ids[i] for i in self.caption_image[indices].tolist()]
+        # The records are read in place (no copy of their bytes); everything taken from them is
+        # copied into the batch before the block ends.
+        with self.store.viewing(ids) as views:
+            try:
+                records, corrupt = self._decode(indices, ids, views)
+            except CorruptRecordError as error:
+                return None, [], str(error)
+            return self._build(indices, records, corrupt)
+
+    def _build(self, indices: np.ndarray, records: list, corrupt: list) -> tuple:
         indices = np.delete(indices, [row for row, _ in corrupt])
         u = sample_uniforms(self.seed, self.epoch, indices, self.draw_count)
         tasks = self.tasks
@@ -274,18 +292,29 @@ class PretrainingDataset(torch.utils.data.Dataset):
                                                  u[:, self.layout["itm_caption"]][:, 0], tasks.itm_negative_prob)
         masked_pair = (itm_labels == 1) | tasks.mask_mismatched_pairs
         batch = self._text(captions, masked_pair, u)
-        batch.update(self._regions(records, masked_pair, u))
+        ring = self.batch_ring if self.batch_ring is not None and torch.utils.data.get_worker_info() else None
+        if ring is not None:
+            ring.claim(torch.utils.data.get_worker_info().id)
+        batch.update(self._regions(records, masked_pair, u, partial(_allocate, ring)))
         batch["itm_labels"] = torch.from_numpy(itm_labels)
         ordered = ("input_ids", "token_type_ids", "text_mask", "region_features", "region_locations", "region_mask",
                    "msm_labels", "mrm_labels", "mrm_soft_labels", "itm_labels")
-        return {key: batch[key] for key in ordered if key in batch}, [image_id for _, image_id in corrupt], None
+        batch = {key: batch[key] for key in ordered if key in batch}
+        return batch if ring is None else ring.seal(batch), [image_id for _, image_id in corrupt], None
 
-    def _read(self, indices: np.ndarray) -> tuple:
-        """The records of the samples' images (one transaction per shard), and ``(row, image id)``
-        of the samples dropped as corrupt (only with ``skip_corrupt``)."""
-        ids = [self.image_ids[i] for i in self.caption_image[indices].tolist()]
+    def batch_bytes(self, batch_size: int) -> int:
+        """The most bytes of large arrays (region features, soft labels) one batch can carry: the
+        size of a ``BatchRing`` slot."""
+        rows = batch_size * (self.max_regions + 1) * 2  # float16
+        columns = self.store.metadata.feature_size + (self.store.metadata.num_classes if self.tasks.mrm_soft_labels
+                                                      else 0)
+        return rows * columns + 2 * ALIGNMENT
+
+    def _decode(self, indices: np.ndarray, ids: list, views: list) -> tuple:
+        """The records of the samples' images, and ``(row, image id)`` of the samples dropped as
+        corrupt (only with ``skip_corrupt``)."""
         records, corrupt = [], []
-        for row, (image_id, data) in enumerate(zip(ids, self.store.get_many_bytes(ids))):
+        for row, (image_id, data) in enumerate(zip(ids, views)):
             try:
                 records.append(self.store.decode(image_id, data))
             except CorruptRecordError as error:
@@ -322,10 +351,10 @@ class PretrainingDataset(torch.utils.data.Dataset):
         return {"input_ids": torch.from_numpy(inputs), "token_type_ids": torch.zeros((b, t), dtype=torch.long),
                 "text_mask": torch.from_numpy(np.arange(t) < lengths[:, None]), "msm_labels": torch.from_numpy(labels)}
 
-    def _regions(self, records: list, masked_pair: np.ndarray, u: np.ndarray) -> dict:
+    def _regions(self, records: list, masked_pair: np.ndarray, u: np.ndarray, allocate) -> dict:
         """Region inputs and MRM (or MOM) targets; masked regions' features are zeroed before the
         global token (their mean) is computed."""
-        packed = pack_regions(records, self.max_regions)
+        packed = pack_regions(records, self.max_regions, allocate)
         n = packed.boxes.shape[1]
         real = np.arange(n) < packed.counts[:, None]
         draws = u[:, self.layout["regions"]][:, :n]
@@ -342,12 +371,12 @@ class PretrainingDataset(torch.utils.data.Dataset):
         regions = {"region_features": packed.features, "region_locations": packed.locations,
                    "region_mask": packed.mask, "mrm_labels": torch.from_numpy(labels)}
         if tasks.mrm_soft_labels:
-            regions["mrm_soft_labels"] = self._soft_labels(records, packed, masked)
+            regions["mrm_soft_labels"] = self._soft_labels(records, packed, masked, allocate)
         return regions
 
-    def _soft_labels(self, records: list, packed, masked: np.ndarray) -> torch.Tensor:
+    def _soft_labels(self, records: list, packed, masked: np.ndarray, allocate) -> torch.Tensor:
         """B×R×C float16: the detector class distribution at masked regions, zero elsewhere."""
-        soft = batch_tensor(packed.mask.shape + (self.store.metadata.num_classes,), torch.float16)
+        soft = allocate(packed.mask.shape + (self.store.metadata.num_classes,), torch.float16)
         rows = soft.numpy()
         rows[:] = 0
         for row in np.flatnonzero(masked.any(axis=1)).tolist():

@@ -22,6 +22,7 @@ which ``interbert data migrate`` uses.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
@@ -38,6 +39,7 @@ _PREFIX = struct.Struct("<4sHHI")
 _TRAILER = struct.Struct("<Q")
 # Plain numeric little-endian dtypes only: no object arrays, nothing that needs pickle.
 ALLOWED_DTYPES = frozenset({"<f2", "<f4", "<f8", "<i2", "<i4", "<i8", "|u1", "|i1", "<u2", "<u4"})
+_ITEMSIZE = {dtype: np.dtype(dtype).itemsize for dtype in ALLOWED_DTYPES}
 # The arrays every record must have, and their dtypes on disk.
 REQUIRED_ARRAYS = {"features": "<f2", "boxes": "<f4"}
 OPTIONAL_ARRAYS = {"labels": "<i4", "confidences": "<f4", "class_probs": "<f2",
@@ -142,8 +144,9 @@ def encode_record(record: RegionRecord, version: int = FORMAT_VERSION) -> bytes:
     return bytes(out)
 
 
-def decode_record(data: bytes, legacy: bool = False) -> RegionRecord:
-    """Decode a record into zero-copy views of ``data`` (which must outlive the arrays).
+def decode_record(data, legacy: bool = False) -> RegionRecord:
+    """Decode a record (bytes, or a memoryview such as LMDB's ``buffers=True`` values) into
+    zero-copy views of ``data`` (which must outlive the arrays).
 
     The checksum is checked first. ``legacy=True`` also accepts version-1 records (no checksum).
     Raises RecordFormatError (ChecksumError for altered bytes) naming the first inconsistency.
@@ -167,7 +170,7 @@ def decode_record(data: bytes, legacy: bool = False) -> RegionRecord:
         raise RecordFormatError(f"header length {header_len} runs past the end of the "
                                 f"{len(data)}-byte record (truncated?)")
     try:
-        header = json.loads(data[_PREFIX.size:_PREFIX.size + header_len])
+        header = json.loads(bytes(data[_PREFIX.size:_PREFIX.size + header_len]))  # data may be a memoryview
         specs: Mapping = header["arrays"]
     except (ValueError, KeyError, TypeError) as error:
         raise RecordFormatError(f"unreadable JSON header: {error}") from None
@@ -179,8 +182,8 @@ def decode_record(data: bytes, legacy: bool = False) -> RegionRecord:
             raise RecordFormatError(f"array {name!r} has a malformed description {spec!r}") from None
         if dtype not in ALLOWED_DTYPES:
             raise RecordFormatError(f"array {name!r} has dtype {dtype!r}, not a plain numeric type")
-        count = int(np.prod(shape, dtype=np.int64))
-        nbytes = count * np.dtype(dtype).itemsize
+        count = math.prod(shape)
+        nbytes = count * _ITEMSIZE[dtype]
         if offset < _PREFIX.size + header_len or offset + nbytes > end or count < 0:
             raise RecordFormatError(f"array {name!r} (bytes {offset}..{offset + nbytes}) lies outside the "
                                     f"{end}-byte record body (truncated?)")
