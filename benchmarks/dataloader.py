@@ -1,8 +1,12 @@
-"""Data-path throughput: samples/s through the real store + decode + masking + collate.
+"""Data-path throughput: samples/s through the real store + decode + masking + batching.
 
 Builds (or reuses, --store/--captions) a corpus of 36-region records, then iterates the
-pretraining loader (MSM + MRM + ITM, batch 64) with 0, 1 and 2 workers and prints samples/s and
-the store's size on disk per image.
+pretraining loader (MSM + MRM + ITM, batch 64) with 0, 1 and 2 workers and prints samples/s
+beside the bare read floor of the same run: the same batches' records read from the store
+(one transaction per batch, in place) and their bytes stacked into one array, nothing decoded
+or masked. Every measurement maps the store afresh, as each epoch's workers do.
+Also the store's size on disk per image, and the load average (other work on the cores lowers
+every figure).
 
     .venv/bin/python benchmarks/dataloader.py [--images 2000] [--batches 60] [--json out.json]
 """
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -17,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from interbert.data.feature_store import FeatureStore
+from interbert.data.feature_store import FeatureStore, forget_environment
 from interbert.data.store_writer import FeatureStoreWriter
 from interbert.data.loader import build_pretraining_loader
 from interbert.data.manifests import write_manifest
@@ -46,7 +51,48 @@ def build_corpus(out: Path, images: int, regions: int, seed: int = 0) -> tuple:
     return out / "features", out / "captions.jsonl"
 
 
+def read_floor(dataset, batches: int, batch_size: int) -> float:
+    """Samples/s of reading the records of the loader's first batches and stacking their bytes."""
+    loader = build_pretraining_loader(dataset, batch_size=batch_size, num_workers=0, seed=0)
+    order = list(iter(loader.sampler))[:(batches + 1) * batch_size]
+    store = dataset.store
+    ids = [dataset.image_ids[dataset.caption_image[i]] for i in order]
+    forget_environment(store.path)  # map the store afresh, as each epoch's workers do
+    store.get_many_bytes(ids[:batch_size])  # open the environment, as the loader's first batch does
+    start, samples = time.perf_counter(), 0
+    for first in range(batch_size, len(ids), batch_size):
+        with store.viewing(ids[first:first + batch_size]) as records:
+            stacked = np.zeros((len(records), max(len(r) for r in records)), dtype=np.uint8)
+            for row, data in enumerate(records):
+                stacked[row, :len(data)] = np.frombuffer(data, dtype=np.uint8)
+        samples += len(records)
+    return samples / (time.perf_counter() - start)
+
+
+def handoff_ms(shape: tuple, repeats: int = 40) -> dict:
+    """Milliseconds to allocate and fill one batch's float16 features in private memory (what the
+    in-process loader does) and in a fresh shared-memory segment (what a worker must do so the
+    batch can reach the training process)."""
+    def private():
+        torch.empty(shape, dtype=torch.float16).numpy().fill(1)
+
+    def shared():
+        torch.empty(0, dtype=torch.float16).share_memory_()  # warm the sharing machinery
+        tensor = torch.empty(shape, dtype=torch.float16).share_memory_()
+        tensor.numpy().fill(1)
+
+    figures = {}
+    for name, work in (("private", private), ("shared", shared)):
+        work()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            work()
+        figures[name] = (time.perf_counter() - start) / repeats * 1e3
+    return figures
+
+
 def measure(dataset, workers: int, batches: int, batch_size: int) -> float:
+    forget_environment(dataset.store.path)  # every configuration maps the store afresh
     loader = build_pretraining_loader(dataset, batch_size=batch_size, num_workers=workers, seed=0)
     iterator = iter(loader)
     next(iterator)  # worker start-up is not throughput
@@ -56,7 +102,7 @@ def measure(dataset, workers: int, batches: int, batch_size: int) -> float:
     return samples / (time.perf_counter() - start)
 
 
-def main() -> None:
+def main(argv: list | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store"), parser.add_argument("--captions")
     parser.add_argument("--images", type=int, default=2000)
@@ -65,7 +111,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--json", help="also write the figures to this JSON file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         if args.store:
@@ -76,14 +122,28 @@ def main() -> None:
         opened = FeatureStore(store)
         figures = {"images": len(opened), "regions_per_image": opened.metadata.region_count / len(opened),
                    "bytes_per_image": opened.disk_bytes() / len(opened), "batch_size": args.batch_size,
+                   "cores": os.cpu_count(), "load_average_at_start": os.getloadavg()[0],
+                   "read_floor_samples_per_s": read_floor(dataset, args.batches, args.batch_size),
                    "samples_per_s": {}}
         for workers in args.workers:
             figures["samples_per_s"][workers] = measure(dataset, workers, args.batches, args.batch_size)
+        figures["batch_ms_in_process"] = args.batch_size / figures["samples_per_s"].get(0, float("nan")) * 1e3
+        regions = int(round(figures["regions_per_image"])) + 1
+        figures["feature_handoff_ms"] = handoff_ms((args.batch_size, regions, opened.metadata.feature_size))
+        figures["load_average_at_end"] = os.getloadavg()[0]
+    floor = figures["read_floor_samples_per_s"]
     print(f"store: {figures['images']} images, {figures['regions_per_image']:.1f} regions each, "
-          f"{figures['bytes_per_image'] / 1024:.1f} KiB on disk per image")
-    print("| workers | samples/s |\n| --- | --- |")
+          f"{figures['bytes_per_image'] / 1024:.1f} KiB on disk per image; {figures['cores']} cores, load average "
+          f"{figures['load_average_at_start']:.2f} at the start, {figures['load_average_at_end']:.2f} at the end")
+    print(f"bare read floor (read the batch's records, stack their bytes; in-process): {floor:,.0f} samples/s")
+    print("| workers | samples/s | of the floor |\n| --- | --- | --- |")
     for workers, rate in figures["samples_per_s"].items():
-        print(f"| {workers} | {rate:,.0f} |")
+        print(f"| {workers} | {rate:,.0f} | {rate / floor:.2f}x |")
+    handoff = figures["feature_handoff_ms"]
+    print(f"one batch's float16 features ({args.batch_size} x {regions} x {opened.metadata.feature_size}): "
+          f"allocated and filled in private memory {handoff['private']:.1f} ms, in a new shared-memory segment "
+          f"(the worker's hand-off) {handoff['shared']:.1f} ms; a whole batch in-process takes "
+          f"{figures['batch_ms_in_process']:.1f} ms")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
 

@@ -89,8 +89,11 @@ class FeatureStoreWriter:
         if self.shards > 1:
             self.tmp_path.mkdir(parents=True)
         for shard in self._shard_paths():
-            # The map size only reserves address space; the file grows with what is written.
-            env = lmdb.open(str(shard), map_size=self.map_size, subdir=True, meminit=False, readahead=False)
+            # The map size only reserves address space; the file grows with what is written. No
+            # fsync per commit: the store lives under its temporary name until _finish has synced
+            # it once, so a crash before then loses nothing the user could have used.
+            env = lmdb.open(str(shard), map_size=self.map_size, subdir=True, meminit=False, readahead=False,
+                            sync=False)
             self._envs.append(env)
             self._txns.append(env.begin(write=True))
             self._shard_metadata.append(StoreMetadata(**{**asdict(self.metadata), "record_count": 0,

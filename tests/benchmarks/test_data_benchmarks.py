@@ -1,0 +1,45 @@
+"""benchmarks/data_scale.py and benchmarks/dataloader.py at toy sizes: they run the real
+converter, store and loader, and their figures describe what was built."""
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import data_scale  # noqa: E402
+import dataloader  # noqa: E402
+
+
+def test_data_scale_converts_reads_and_projects(tmp_path, capsys):
+    out = tmp_path / "scale.json"
+    assert data_scale.main(["--images", "6", "--images-100", "3", "--read-sizes", "10", "30", "--reads", "40",
+                            "--workdir", str(tmp_path / "work"), "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    for regions, images in (("36", 6), ("100", 3)):
+        part = figures["by_regions"][regions]
+        assert [run["workers"] for run in part["conversions"]] == [1, 2]
+        assert all(run["images"] == images for run in part["conversions"])
+        feature_bytes = int(regions) * 2048 * 2  # float16 in the store
+        assert all(feature_bytes < run["bytes_per_image"] < 2 * feature_bytes for run in part["conversions"])
+        assert part["floor_images_per_s"] > 0
+        projection = part["projection"]
+        assert projection["images"] == sum(data_scale.CORPUS_IMAGES.values())
+        expected_tib = projection["images"] * part["conversions"][0]["bytes_per_image"] / 2 ** 40
+        assert abs(projection["disk_tib"] - expected_tib) < 1e-9
+    assert [row["records"] for row in figures["read_cost"]] == [10, 30]
+    assert all(row["get_us"] > 0 and row["bytes_us"] > 0 and row["first_us"] > 0 for row in figures["read_cost"])
+    printed = capsys.readouterr().out
+    assert "of the floor" in printed and "projection for" in printed
+
+
+def test_dataloader_benchmark_prints_the_floor_beside_each_worker_count(tmp_path, capsys):
+    out = tmp_path / "loader.json"
+    dataloader.main(["--images", "40", "--batches", "2", "--batch-size", "8", "--workers", "0", "1",
+                     "--json", str(out)])
+    figures = json.loads(out.read_text())
+    assert figures["images"] == 40 and figures["regions_per_image"] == 36
+    assert set(figures["samples_per_s"]) == {"0", "1"} and figures["read_floor_samples_per_s"] > 0
+    assert set(figures["feature_handoff_ms"]) == {"private", "shared"}
+    printed = capsys.readouterr().out
+    assert "bare read floor" in printed and "| 1 |" in printed
