@@ -6,7 +6,10 @@ the store grows, and what Conceptual Captions + SBU + COCO would take.
 2. The floor, in-process on one core: split each row, base64-decode its arrays, cast the
    features to float16: the bare work every converter has to do.
 3. ``convert_tsv`` (``interbert data convert-tsv``) with 1 and 2 workers: images/s from the first
-   byte read to the store renamed into place, and bytes on disk per image; the same at 100 regions.
+   byte read to the store synced and renamed into place, and bytes on disk per image; the same at
+   100 regions. Once with the store on the work folder's disk and once in RAM (``--memory-dir``,
+   default /dev/shm), each beside the time to write and fsync the same bytes there: the one
+   writer cannot go faster than its disk.
 4. Read cost: stores of 1k, 10k and 100k records (written through the real writer); microseconds
    per record for random single reads: first in the process, then the bytes alone and ``get``
    (read + checksum + decode).
@@ -95,6 +98,22 @@ def floor_images_per_s(path: Path) -> float:
     return count / (time.perf_counter() - start)
 
 
+def disk_floor_images_per_s(directory: Path, bytes_per_image: float, images: int) -> float:
+    """Write ``images`` × ``bytes_per_image`` bytes to a file in ``directory`` and fsync it: the
+    bare work of the store's one writer."""
+    block = np.random.default_rng(0).integers(0, 256, 4 << 20, dtype=np.uint8).tobytes()
+    total, path = int(bytes_per_image * images), directory / "disk-floor.bin"
+    start = time.perf_counter()
+    with open(path, "wb") as handle:
+        for offset in range(0, total, len(block)):
+            handle.write(block[:total - offset])
+        handle.flush()
+        os.fsync(handle.fileno())
+    seconds = time.perf_counter() - start
+    path.unlink()
+    return images / seconds
+
+
 def conversion(path: Path, out: Path, workers: int) -> dict:
     """Convert ``path`` with ``workers`` processes: images/s (wall) and bytes per image."""
     shutil.rmtree(out, ignore_errors=True)
@@ -158,28 +177,41 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--read-regions", type=int, default=36)
     parser.add_argument("--reads", type=int, default=20000, help="random reads per store")
     parser.add_argument("--workdir", help="keep the TSVs and stores here (default: a temporary folder)")
+    parser.add_argument("--memory-dir", default="/dev/shm" if os.path.isdir("/dev/shm") else None,
+                        help="a RAM file system for the same conversions without the disk ('' for none)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         figures = {"cores": os.cpu_count(), "load_average_at_start": os.getloadavg()[0], "by_regions": {}}
+        targets = [("disk", work)]
+        if args.memory_dir:  # the same conversions into RAM: what the cores do when the disk is not the limit
+            memory = Path(tempfile.mkdtemp(prefix="data-scale-", dir=args.memory_dir))
+            targets.append(("memory", memory))
         for regions, images in ((36, args.images), (100, args.images_100)):
             tsv = work / f"lxmert-{regions}x{images}.tsv"
             if not tsv.exists():
                 write_lxmert_tsv(tsv, images, regions)
             floor = floor_images_per_s(tsv)
-            runs = [conversion(tsv, work / f"store-{regions}-{w}", w) for w in args.workers]
-            for run in runs:
-                run["of_floor"] = run["images_per_s"] / floor
-                shutil.rmtree(work / f"store-{regions}-{run['workers']}", ignore_errors=True)
-            figures["by_regions"][regions] = {"tsv_bytes_per_image": tsv.stat().st_size / images,
-                                              "floor_images_per_s": floor, "conversions": runs,
-                                              "projection": projection(max(r["images_per_s"] for r in runs),
-                                                                       runs[0]["bytes_per_image"])}
+            part = {"tsv_bytes_per_image": tsv.stat().st_size / images, "floor_images_per_s": floor,
+                    "conversions": {}, "disk_floor_images_per_s": {}}
+            for place, directory in targets:
+                runs = [conversion(tsv, directory / f"store-{regions}-{w}", w) for w in args.workers]
+                for run in runs:
+                    run["of_floor"] = run["images_per_s"] / floor
+                    shutil.rmtree(directory / f"store-{regions}-{run['workers']}", ignore_errors=True)
+                part["conversions"][place] = runs
+                part["disk_floor_images_per_s"][place] = disk_floor_images_per_s(
+                    directory, runs[0]["bytes_per_image"], images)
+            disk = part["conversions"]["disk"]
+            part["projection"] = projection(max(r["images_per_s"] for r in disk), disk[0]["bytes_per_image"])
+            figures["by_regions"][regions] = part
         figures["read_cost"] = [read_cost(read_store(work, size, args.read_regions), args.reads)
                                 for size in args.read_sizes]
         figures["load_average_at_end"] = os.getloadavg()[0]
+        if args.memory_dir:
+            shutil.rmtree(memory, ignore_errors=True)
     report(figures)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
@@ -193,18 +225,21 @@ def report(figures: dict) -> None:
     for regions, part in figures["by_regions"].items():
         print(f"{regions} regions: floor (split + base64 + fp16 cast, 1 core) {part['floor_images_per_s']:,.0f} "
               f"images/s; TSV {part['tsv_bytes_per_image'] / 1024:,.0f} KiB/image")
-        base = part["conversions"][0]["images_per_s"]
-        for run in part["conversions"]:
-            print(f"  --workers {run['workers']}: {run['images_per_s']:,.0f} images/s ({run['of_floor']:.2f}x the "
-                  f"floor, {run['images_per_s'] / base:.2f}x one worker), {run['bytes_per_image'] / 1024:,.1f} "
-                  f"KiB/image")
+        for place, runs in part["conversions"].items():
+            print(f"  store on {place} (writing and fsyncing the same bytes alone: "
+                  f"{part['disk_floor_images_per_s'][place]:,.0f} images/s):")
+            for run in runs:
+                print(f"    --workers {run['workers']}: {run['images_per_s']:,.0f} images/s ({run['of_floor']:.2f}x the "
+                      f"floor, {run['images_per_s'] / runs[0]['images_per_s']:.2f}x one worker), "
+                      f"{run['bytes_per_image'] / 1024:,.1f} KiB/image")
     print("\nrandom reads, µs per record | records | store GiB | first read in the process | bytes only | get "
           "(read + checksum + decode)")
     for row in figures["read_cost"]:
         print(f"  {row['records']:>9,} | {row['store_gib']:.2f} | {row['first_us']:.1f} | {row['bytes_us']:.1f} | "
               f"{row['get_us']:.1f}")
     images = sum(CORPUS_IMAGES.values())
-    print(f"\nprojection for {', '.join(CORPUS_IMAGES)} ({images:,} images), at the best measured rate here:")
+    print(f"\nprojection for {', '.join(CORPUS_IMAGES)} ({images:,} images), at the best rate measured here "
+          "with the store on disk:")
     for regions, part in figures["by_regions"].items():
         p = part["projection"]
         print(f"  {regions} regions: {p['hours']:.1f} h of conversion, {p['disk_tib']:.2f} TiB of store")

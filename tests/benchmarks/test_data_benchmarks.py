@@ -13,19 +13,22 @@ import dataloader  # noqa: E402
 
 def test_data_scale_converts_reads_and_projects(tmp_path, capsys):
     out = tmp_path / "scale.json"
+    (tmp_path / "ram").mkdir()
     assert data_scale.main(["--images", "6", "--images-100", "3", "--read-sizes", "10", "30", "--reads", "40",
-                            "--workdir", str(tmp_path / "work"), "--json", str(out)]) == 0
+                            "--workdir", str(tmp_path / "work"), "--memory-dir", str(tmp_path / "ram"),
+                            "--json", str(out)]) == 0
     figures = json.loads(out.read_text())
     for regions, images in (("36", 6), ("100", 3)):
         part = figures["by_regions"][regions]
-        assert [run["workers"] for run in part["conversions"]] == [1, 2]
-        assert all(run["images"] == images for run in part["conversions"])
-        feature_bytes = int(regions) * 2048 * 2  # float16 in the store
-        assert all(feature_bytes < run["bytes_per_image"] < 2 * feature_bytes for run in part["conversions"])
-        assert part["floor_images_per_s"] > 0
+        assert set(part["conversions"]) == {"disk", "memory"} and part["floor_images_per_s"] > 0
+        for runs in part["conversions"].values():
+            assert [run["workers"] for run in runs] == [1, 2]
+            assert all(run["images"] == images for run in runs)
+            feature_bytes = int(regions) * 2048 * 2  # float16 in the store
+            assert all(feature_bytes < run["bytes_per_image"] < 2 * feature_bytes for run in runs)
         projection = part["projection"]
         assert projection["images"] == sum(data_scale.CORPUS_IMAGES.values())
-        expected_tib = projection["images"] * part["conversions"][0]["bytes_per_image"] / 2 ** 40
+        expected_tib = projection["images"] * part["conversions"]["disk"][0]["bytes_per_image"] / 2 ** 40
         assert abs(projection["disk_tib"] - expected_tib) < 1e-9
     assert [row["records"] for row in figures["read_cost"]] == [10, 30]
     assert all(row["get_us"] > 0 and row["bytes_us"] > 0 and row["first_us"] > 0 for row in figures["read_cost"])
