@@ -53,7 +53,8 @@ class FullRetrievalResult:
     pair_batch: int
     scores: torch.Tensor  # C×I match probabilities
     precision: str = "exact"
-    two_stage: dict = field(default_factory=dict)  # {"run": RetrievalRun, "top_k", "first_stage_regions", ...}
+    two_stage: dict = field(default_factory=dict)  # {"run": RetrievalRun, "top_k", "first_stage_regions",
+    #                                                   "first_stage_scores" (C×I), "rescored_pairs", ...}
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -220,7 +221,7 @@ def _two_stage(embedder, scoring_model, corpus, texts, images, caption_image, pa
     seconds = time.perf_counter() - start
     return {"run": RetrievalRun(metrics, num_captions * num_images + int(text_rows.numel()), seconds),
             "top_k": k, "first_stage_regions": regions, "first_stage_seconds": first_seconds,
-            "rescored_pairs": int(text_rows.numel())}
+            "rescored_pairs": int(text_rows.numel()), "first_stage_scores": first}
 
 
 def format_result(result: FullRetrievalResult) -> str:

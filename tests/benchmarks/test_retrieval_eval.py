@@ -18,12 +18,27 @@ def test_retrieval_benchmark_reports_each_precision_against_the_released_loop(tm
     assert set(report["ours"]) == {"exact", "bf16"}
     assert report["ours"]["exact"]["pairs"] == 4 * 20 and report["released"]["pairs"] == 2 * 6
     assert report["max_score_difference"] < 1e-5
-    assert report["released_itm_only"]["pairs"] == report["released"]["pairs"]
+    assert report["released_itm_only"]["pairs"] == 2 * 6  # 2 timed captions x 6 images, as the released loop
+    assert report["released_itm_only"]["max_score_difference_to_all_heads"] < 1e-6
     assert report["released"]["heads"].startswith("all")
-    assert report["ours"]["exact"]["rank_changes"] == {"t2i_captions": 0, "i2t_images": 0}
     assert 0 <= report["ours"]["bf16"]["rank_changes"]["t2i_captions"] <= 20
     printed = capsys.readouterr().out
     assert "ours: full evaluation, bf16" in printed and "speed-up" in printed and "ITM head only" in printed
+
+
+def test_rank_changes_counts_the_captions_and_images_whose_own_match_moved():
+    import torch
+    from retrieval_eval import rank_changes
+
+    owners = torch.tensor([0, 0, 1, 1])  # 4 captions of 2 images
+    reference = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6]])
+    assert rank_changes(reference, reference, owners) == {"t2i_captions": 0, "i2t_images": 0}
+    moved = reference.clone()
+    moved[1] = torch.tensor([0.1, 0.8])  # caption 1 now prefers image 1: its own image drops to rank 2,
+    # and image 1 now ranks caption 1 (not its own) first: its best own caption drops to rank 2
+    assert rank_changes(moved, reference, owners) == {"t2i_captions": 1, "i2t_images": 1}
+    moved[:, 1] = torch.tensor([0.95, 0.85, 0.2, 0.1])  # image 1 now ranks captions 0 and 1 above its own
+    assert rank_changes(moved, reference, owners)["i2t_images"] == 1
 
 
 def test_the_released_forward_with_all_heads_scores_as_the_itm_head_alone():
@@ -34,10 +49,17 @@ def test_the_released_forward_with_all_heads_scores_as_the_itm_head_alone():
 
     torch.manual_seed(0)
     model = InterBertForPretraining(InterBertConfig.from_preset("tiny")).eval()
+    calls = {"msm": 0, "mrm": 0}
+    model.msm_head.register_forward_hook(lambda *_: calls.__setitem__("msm", calls["msm"] + 1))
+    model.mrm_head.register_forward_hook(lambda *_: calls.__setitem__("mrm", calls["mrm"] + 1))
     config = model.config
     batch = {"input_ids": torch.randint(1, 1000, (3, 7)), "token_type_ids": torch.zeros(3, 7, dtype=torch.long),
              "text_mask": torch.ones(3, 7, dtype=torch.bool),
              "region_features": torch.rand(3, 5, config.region_feature_size),
              "region_locations": torch.rand(3, 5, 5), "region_mask": torch.ones(3, 5, dtype=torch.bool)}
     with torch.no_grad():
-        assert torch.allclose(released_forward(model, batch, "all"), released_forward(model, batch, "itm"), atol=1e-6)
+        everything = released_forward(model, batch, "all")
+        assert calls == {"msm": 1, "mrm": 1}  # the heads the release computes and throws away
+        itm_only = released_forward(model, batch, "itm")
+        assert calls == {"msm": 1, "mrm": 1}
+    assert torch.allclose(everything, itm_only, atol=1e-6)

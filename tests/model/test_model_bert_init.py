@@ -44,7 +44,7 @@ def test_layers_beyond_the_interaction_stack_fill_the_text_extractor(minilm_dir)
     # what BERT lacks stays random, and is reported
     assert "interbert.region_embeddings.feature_projection.weight" in report.not_loaded
     assert "interbert.text_pooler.dense.weight" in report.not_loaded
-    assert "pooler.dense.weight" not in report.loaded
+    assert not any("pooler" in name for name in report.loaded)  # BERT's pooler feeds nothing of ours
 
 
 def test_extraction_layers_the_checkpoint_lacks_stay_random(minilm_dir):
