@@ -1,4 +1,5 @@
-"""The `interbert` command: one entry point, subcommands registered by their owning modules.
+"""The `interbert` command (also `python -m interbert`): one entry point, subcommands registered
+by their owning modules.
 
 Each module in COMMAND_MODULES defines `register(subparsers)`, which adds its subcommands and
 sets `func` on each parser; `func(args)` returns the process exit status. Only the module that
@@ -11,6 +12,8 @@ import argparse
 import importlib
 import sys
 
+from interbert import __version__
+
 # command name -> the module that registers it
 COMMAND_MODULES = {
     "info": "interbert.modeling.commands",
@@ -18,12 +21,14 @@ COMMAND_MODULES = {
     "data": "interbert.data.commands",  # synth, the converters, captions, verify, migrate, merge
     "evaluate": "interbert.evaluate",  # evaluate retrieval
     "finetune": "interbert.finetuning.commands",
+    "pretrain": "interbert.training.commands",
 }
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser for ``argv``: with only the owning module's commands when its first word names one."""
     parser = argparse.ArgumentParser(prog="interbert", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"interbert {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     first = (argv or [""])[0]

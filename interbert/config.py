@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from interbert import __version__
+
+MODEL_TYPE = "interbert"
 MRM_LOSSES = ("kl", "ce")
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
 
@@ -125,19 +129,28 @@ class InterBertConfig:
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields, with ``model_type`` and the ``interbert_version`` that wrote them (as
+        Hugging Face configs carry theirs)."""
+        return {"model_type": MODEL_TYPE, "interbert_version": __version__, **dataclasses.asdict(self)}
 
     def to_json_file(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "<dict>") -> "InterBertConfig":
+        """Fields from ``values``. A ``model_type`` other than "interbert" is an error; keys this
+        version does not know (a newer writer's, or a typo) are ignored with a warning naming them."""
+        values = dict(values)
+        model_type = values.pop("model_type", MODEL_TYPE)
+        if model_type != MODEL_TYPE:
+            raise ValueError(f"{source}: model_type is {model_type!r}, not {MODEL_TYPE!r}: not an InterBERT config")
+        values.pop("interbert_version", None)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(
-                f"{source}: unknown InterBertConfig keys {unknown}; known keys are {sorted(known)}"
-            )
+            warnings.warn(f"{source}: ignoring unknown InterBertConfig keys {unknown} (a newer version's, or a "
+                          f"typo); known keys are {sorted(known)}", stacklevel=2)
+            values = {key: value for key, value in values.items() if key in known}
         try:
             return cls(**values)
         except ValueError as error:

@@ -41,8 +41,14 @@ class UsageError(ValueError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="interbert/pretrain.py", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog="interbert/pretrain.py", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of pretraining (``interbert/pretrain.py`` and ``interbert pretrain``); every help
+    text names its default once."""
     model = parser.add_argument_group("model")
     model.add_argument("--preset", choices=sorted(PRESETS), default=None,
                        help="model preset (default paper-base)")
@@ -56,23 +62,23 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--features", help="feature store (LMDB directory)")
     data.add_argument("--captions", nargs="+", help="caption manifests (JSON lines with a split)")
     data.add_argument("--vocab", help="bert-base-uncased vocab.txt (default: the bundled one)")
-    data.add_argument("--max-text-len", type=int, default=36, help="word pieces per caption")
-    data.add_argument("--max-regions", type=int, default=36, help="detector regions per image")
-    data.add_argument("--num-workers", type=int, default=2, help="DataLoader workers per rank")
+    data.add_argument("--max-text-len", type=int, default=36, help="word pieces per caption (default 36)")
+    data.add_argument("--max-regions", type=int, default=36, help="detector regions per image (default 36)")
+    data.add_argument("--num-workers", type=int, default=2, help="DataLoader workers per rank (default 2)")
     data.add_argument("--skip-corrupt", action="store_true",
                       help="drop a sample whose feature record fails its checksum (counted and logged with "
                            "the image id) instead of stopping the run")
     data.add_argument("--validation-split", default="val",
-                      help="manifest split for validation losses and retrieval ('' for none)")
+                      help="manifest split for validation losses and retrieval (default val; '' for none)")
     data.add_argument("--eval-images", type=int, default=100,
-                      help="held-out images for zero-shot retrieval during training (0: none)")
+                      help="held-out images for zero-shot retrieval during training (default 100; 0: none)")
     run = parser.add_argument_group("run")
     run.add_argument("--deepspeed_config", "--deepspeed-config", dest="deepspeed_config",
                      required=True, help="DeepSpeed JSON config (see ds_configs/)")
     run.add_argument("--output-dir", required=True,
                      help="checkpoints/, tensorboard/, model/ and train_log.jsonl go here")
     run.add_argument("--precision", choices=PRECISIONS, default="auto",
-                     help="auto: the config's choice on CUDA, bf16 instead of fp16 on a CPU")
+                     help="default auto: the config's choice on CUDA, bf16 instead of fp16 on a CPU")
     length = run.add_mutually_exclusive_group()
     length.add_argument("--max-steps", type=int, help="optimizer steps to train")
     length.add_argument("--epochs", type=float,
@@ -80,17 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fit-schedule", action="store_true",
                      help="stretch the config's learning-rate schedule (total_num_steps, and "
                           "warm-up in proportion) to this run's length")
-    run.add_argument("--save-every", type=int, default=1000, help="checkpoint every N steps (0: end only)")
-    run.add_argument("--keep-last", type=int, default=3, help="checkpoints to keep (0: all)")
-    run.add_argument("--log-every", type=int, default=50, help="console and TensorBoard every N steps")
+    run.add_argument("--save-every", type=int, default=1000,
+                     help="checkpoint every N steps (default 1000; 0: at the end only)")
+    run.add_argument("--keep-last", type=int, default=3, help="checkpoints to keep (default 3; 0: all)")
+    run.add_argument("--log-every", type=int, default=50, help="console and TensorBoard every N steps (default 50)")
     run.add_argument("--eval-every", type=int, default=0,
-                     help="validate every N steps (0: only at the end)")
+                     help="validate every N steps (default 0: only at the end)")
     run.add_argument("--resume", action="store_true",
                      help="continue from the latest checkpoint in OUTPUT_DIR/checkpoints")
-    run.add_argument("--seed", type=int, default=42)
+    run.add_argument("--seed", type=int, default=42, help="seed of every random draw (default 42)")
     run.add_argument("--local_rank", "--local-rank", type=int, default=None,
                      help="set by the DeepSpeed launcher")
-    return parser
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -329,7 +335,11 @@ def save_inference_model(engine, precision, model_config, checkpoint_dir, step, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run_with_errors(build_parser().parse_args(argv), "interbert/pretrain.py")
+
+
+def run_with_errors(args: argparse.Namespace, prog: str) -> int:
+    """``run(args)``; a user's mistake is one line on stderr and exit status 2."""
     from interbert.data.feature_store import CorruptRecordError
     from interbert.data.pretraining_dataset import DatasetError
     from interbert.training.corpus import CorpusError
@@ -340,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except (UsageError, ConfigError, PrecisionError, CorpusError, DatasetError, CorruptRecordError,
             FileNotFoundError) as error:
-        print(f"interbert/pretrain.py: error: {error}", file=sys.stderr, flush=True)
+        print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
         return EXIT_USAGE
 
 

@@ -185,7 +185,8 @@ class InterBertForFinetuning(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, task: TaskSpec | None = None) -> "InterBertForFinetuning":
-        """A fine-tuned directory (with task.json), or a pretrained one plus `task` (a new head)."""
+        """A fine-tuned directory (with task.json), or a pretrained one plus `task` (a new head), in
+        ``eval()`` mode like ``InterBertForPretraining.from_pretrained``."""
         directory = Path(directory)
         pretraining = InterBertForPretraining.from_pretrained(directory)
         saved = directory / TASK_FILE
@@ -201,13 +202,13 @@ class InterBertForFinetuning(nn.Module):
             if model.head is not None:
                 model.head.load_state_dict(load_file(str(directory / HEAD_FILE)), strict=True)
                 model.head_source = f"the fine-tuned head in {directory / HEAD_FILE}"
-            return model
+            return model.eval()
         if task is None:
             raise ValueError(f"{directory} has no {TASK_FILE}: say which task to fine-tune for")
         model = cls(pretraining, task)
         if task.kind == "multiple_choice" and (directory / TASK_HEADS_NAME).is_file():
             model.head_source = model._load_release_choice_head(directory / TASK_HEADS_NAME)
-        return model
+        return model.eval()
 
     def _load_release_choice_head(self, path: Path) -> str:
         """Copy the release's `vil_logit` into the choice head; says what was done."""

@@ -50,7 +50,11 @@ class PretrainedModelMixin:
         return tensors
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str = "cpu"):
+    def from_pretrained(cls, directory: str | Path, map_location: str = "cpu", *,
+                        dtype: torch.dtype | None = None, device: str | torch.device | None = None):
+        """The model saved in ``directory``, in ``eval()`` mode (as Hugging Face models load: call
+        ``.train()`` to fine-tune), on ``device`` and in ``dtype`` when given (weights are read
+        onto ``map_location`` first)."""
         directory = Path(directory)
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (directory / name).is_file():
@@ -81,4 +85,7 @@ class PretrainedModelMixin:
                 f"{directory / CONFIG_NAME}:\n  " + "\n  ".join(problems)
             )
         model.load_state_dict(tensors, strict=True)
+        model.eval()
+        if device is not None or dtype is not None:
+            model.to(device=device, dtype=dtype)
         return model

@@ -9,6 +9,7 @@ Three ways in:
 """
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 from dataclasses import dataclass
@@ -123,8 +124,27 @@ def init_process_group(placement: JobPlacement, device: torch.device) -> Distrib
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+    if device.type == "cpu":
+        atexit.register(remove_cpu_allreduce_buffer, placement.rank)
     return DistributedEnvironment(placement.rank, placement.world_size, placement.local_rank,
                                   placement.launcher, device, backend)
+
+
+def cpu_allreduce_buffer(rank: int) -> str:
+    """The POSIX shared-memory segment DeepSpeed's CPU all-reduce creates for ``rank`` of this job
+    (about 66 MB, named after the user, MASTER_ADDR and MASTER_PORT)."""
+    return (f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+            f"{os.environ.get('MASTER_PORT', '')}_{rank}")
+
+
+def remove_cpu_allreduce_buffer(rank: int) -> None:
+    """Remove this rank's all-reduce segment at exit: DeepSpeed leaves it behind, so every run
+    would leak one per rank in /dev/shm. Only the name goes; no other rank opens it after its
+    start-up, and the mappings of ranks still exiting stay valid."""
+    try:
+        os.unlink(cpu_allreduce_buffer(rank))
+    except FileNotFoundError:
+        pass
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:

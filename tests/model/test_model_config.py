@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+import interbert
 from interbert.config import InterBertConfig
 
 
@@ -29,10 +30,21 @@ def test_hidden_size_not_divisible_by_heads_is_refused():
         InterBertConfig.from_preset("tiny", image_extraction={"num_layers": 1, "num_attention_heads": 7})
 
 
-def test_unknown_key_in_a_config_file_names_the_file_and_key(tmp_path):
-    path = tmp_path / "bad.json"
-    path.write_text(json.dumps({"hidden_sise": 768}))
-    with pytest.raises(ValueError, match=r"bad\.json: unknown InterBertConfig keys \['hidden_sise'\]"):
+def test_unknown_key_in_a_config_file_is_ignored_with_a_warning_naming_file_and_key(tmp_path):
+    path = tmp_path / "newer.json"
+    path.write_text(json.dumps({**InterBertConfig.from_preset("tiny").to_dict(), "hidden_sise": 768}))
+    with pytest.warns(UserWarning, match=r"newer\.json: ignoring unknown InterBertConfig keys \['hidden_sise'\]"):
+        config = InterBertConfig.from_json_file(path)
+    assert config == InterBertConfig.from_preset("tiny")
+
+
+def test_a_config_file_carries_its_model_type_and_version_and_refuses_another_type(tmp_path):
+    path = tmp_path / "config.json"
+    InterBertConfig.from_preset("tiny").to_json_file(path)
+    written = json.loads(path.read_text())
+    assert written["model_type"] == "interbert" and written["interbert_version"] == interbert.__version__
+    path.write_text(json.dumps({**written, "model_type": "bert"}))
+    with pytest.raises(ValueError, match=r"config\.json: model_type is 'bert', not 'interbert'"):
         InterBertConfig.from_json_file(path)
 
 

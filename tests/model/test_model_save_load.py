@@ -19,6 +19,21 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path, small_config, ba
         assert torch.equal(model.itm_score(**batch), loaded.itm_score(**batch))
 
 
+def test_a_loaded_model_scores_as_saved_without_calling_eval_and_takes_dtype_and_device(tmp_path, small_config,
+                                                                                        batch_factory):
+    model = InterBertForPretraining(small_config).eval()
+    model.save_pretrained(tmp_path / "model")
+    loaded = InterBertForPretraining.from_pretrained(tmp_path / "model")
+    assert not loaded.training  # dropout off: the same batch scores the same twice
+    batch = batch_factory(small_config, [5, 3], [4, 6])
+    with torch.no_grad():
+        assert torch.equal(loaded.itm_score(**batch), loaded.itm_score(**batch))
+        assert torch.equal(loaded.itm_score(**batch), model.itm_score(**batch))
+    half = InterBertForPretraining.from_pretrained(tmp_path / "model", dtype=torch.bfloat16, device="cpu")
+    assert not half.training and {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    assert {p.device.type for p in half.parameters()} == {"cpu"}
+
+
 def test_the_backbone_loads_from_a_pretraining_directory(tmp_path, small_config, batch_factory):
     model = InterBertForPretraining(small_config).eval()
     model.save_pretrained(tmp_path)

@@ -3,8 +3,10 @@ read back from several angles (exit status, checkpoints, ZeRO-1 partitions, Tens
 the inference model, the evaluate command)."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,6 +38,13 @@ def test_launcher_run_exits_0_and_logs_every_step(launcher_run):
     assert [r["step"] for r in read_train_log(output)] == list(range(1, STEPS + 1))
     assert "2 rank(s) via deepspeed/torchrun" in result.stdout
     assert "optimizer: torch.optim.AdamW" in result.stdout
+
+
+def test_the_ranks_leave_no_shared_memory_behind(launcher_run):
+    result, _ = launcher_run
+    port = result.args[result.args.index("--master_port") + 1]
+    left = list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1_{port}_*"))
+    assert left == []
 
 
 def test_checkpoints_written_every_save_interval_and_at_the_end(launcher_run):

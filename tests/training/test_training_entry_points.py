@@ -1,0 +1,49 @@
+"""`interbert pretrain` and `python -m interbert` run the same pretraining as
+`interbert/pretrain.py`; `--version` names the package version; help texts give each default once."""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+from training_test_helpers import REPO, explain, subprocess_env, write_ds_config
+
+import interbert
+from interbert.pretrain import build_parser
+
+
+def interbert_command(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "interbert", *args], cwd=REPO, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_interbert_pretrain_trains_and_saves_the_model(corpus, tmp_path):
+    config = write_ds_config(tmp_path / "ds.json", micro=8, world=1)
+    result = interbert_command("pretrain", "--deepspeed_config", str(config), "--preset", "tiny",
+                               "--features", str(corpus / "features"), "--captions", str(corpus / "captions.jsonl"),
+                               "--output-dir", str(tmp_path / "run"), "--max-steps", "2", "--num-workers", "0",
+                               "--validation-split", "", "--eval-images", "0", "--save-every", "0")
+    assert result.returncode == 0, explain(result)
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+
+def test_a_usage_error_of_interbert_pretrain_is_one_line_with_its_name(tmp_path):
+    result = interbert_command("pretrain", "--deepspeed_config", str(tmp_path / "none.json"),
+                               "--output-dir", str(tmp_path / "run"), "--preset", "tiny", "--model-config", "x.json")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "interbert pretrain: error: give --preset or --model-config, not both"
+
+
+def test_version():
+    result = interbert_command("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"interbert {interbert.__version__}"
+
+
+def test_every_pretraining_default_is_said_once():
+    for action in build_parser()._actions:
+        text = action.help or ""
+        assert text.count("default") <= 1, (action.dest, text)
+        if action.default not in (None, False, argparse.SUPPRESS):
+            assert "default" in text, (action.dest, text)
