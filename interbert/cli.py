@@ -25,6 +25,14 @@ COMMAND_MODULES = {
 }
 
 
+def register_entry_point(subparsers, name: str, module, help: str) -> None:
+    """``interbert NAME``: a subcommand that runs an entry-point module (its ``add_arguments`` and
+    ``run_with_errors``), as one process or one rank of a torchrun / mpirun job."""
+    parser = subparsers.add_parser(name, help=help, description=module.__doc__.split("\n\n")[0])
+    module.add_arguments(parser)
+    parser.set_defaults(func=lambda args: module.run_with_errors(args, f"interbert {name}"))
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser for ``argv``: with only the owning module's commands when its first word names one."""
     parser = argparse.ArgumentParser(prog="interbert", description=__doc__.splitlines()[0])
