@@ -211,7 +211,8 @@ def train(args, model, task, settings, env, ds_config, precision, max_steps, ste
         miner = task.miner_factory(loader.sampler, env.device, precision.dtype, window)
         say(f"hard negatives: every {miner.refresh_every} steps, the next {window} captions of each rank "
             f"against pools of {miner.pool_size} images")
-    monitor = FinetuneMonitor(output_dir, enabled=env.is_main, tensorboard=dsc.tensorboard_enabled(ds_config))
+    monitor = FinetuneMonitor(output_dir, enabled=env.is_main, tensorboard=dsc.tensorboard_enabled(ds_config),
+                              deepspeed_monitors=dsc.external_monitors(ds_config))
     if env.is_main:
         (output_dir / "run_config.json").write_text(json.dumps(
             {"arguments": vars(args), "settings": _as_dict(settings), "deepspeed_config": ds_config,

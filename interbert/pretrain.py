@@ -244,7 +244,8 @@ def train(args, env, ds_config, precision, model_config, output_dir, checkpoint_
     seed_everything(args.seed + env.rank)  # distinct dropout streams per rank
 
     peak = device_peak(env.device, precision.dtype)
-    monitor = Monitor(output_dir, enabled=env.is_main, tensorboard=dsc.tensorboard_enabled(ds_config))
+    monitor = Monitor(output_dir, enabled=env.is_main, tensorboard=dsc.tensorboard_enabled(ds_config),
+                      deepspeed_monitors=dsc.external_monitors(ds_config))
     describe_run(monitor, args, env, ds_config, precision, model_config, choice, layer_norm, peak,
                  max_steps, steps_per_epoch, len(data.train.dataset), output_dir)
     trainer = Trainer(engine=engine, model_config=model_config, train_loader=data.train,

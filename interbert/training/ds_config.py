@@ -69,10 +69,20 @@ def tensorboard_enabled(config: dict) -> bool:
     return bool(config.get("tensorboard", {}).get("enabled", False))
 
 
+EXTERNAL_MONITORS = ("wandb", "csv_monitor", "comet")
+
+
+def external_monitors(config: dict) -> dict:
+    """The config's wandb, csv_monitor and comet sections: DeepSpeed's own monitors, which the run
+    feeds with its scalars (``Monitor``); TensorBoard is the run's own writer."""
+    return {name: config[name] for name in EXTERNAL_MONITORS if config.get(name, {}).get("enabled")}
+
+
 def for_engine(config: dict) -> dict:
-    """The dict handed to deepspeed.initialize: our own TensorBoard writer replaces DeepSpeed's
-    monitor (it logs a superset, in the run's output folder), and the optimizer is built by
-    us (interbert.training.optimizer) from the `optimizer` section."""
+    """The dict handed to deepspeed.initialize: the monitor sections go to the run's ``Monitor``
+    (its own TensorBoard writer, and DeepSpeed's wandb / csv / comet monitors fed with the run's
+    scalars, a superset of the engine's), and the optimizer is built by us
+    (interbert.training.optimizer) from the `optimizer` section."""
     engine_config = copy.deepcopy(config)
     engine_config.pop("optimizer", None)
     for monitor in ("tensorboard", "wandb", "csv_monitor", "comet"):

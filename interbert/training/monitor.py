@@ -8,6 +8,8 @@ import math
 import time
 from pathlib import Path
 
+from interbert.training.ds_config import ConfigError
+
 TASKS = ("msm", "mrm", "itm")
 # Every scalar a training run writes (tests read them back).
 TRAIN_SCALARS = (
@@ -27,11 +29,16 @@ def format_duration(seconds: float) -> str:
 
 
 class Monitor:
-    """Rank 0 writes; other ranks hold a Monitor that does nothing."""
+    """Rank 0 writes; other ranks hold a Monitor that does nothing.
 
-    def __init__(self, output_dir: Path, enabled: bool, tensorboard: bool):
+    ``deepspeed_monitors``: the DeepSpeed config's enabled wandb / csv_monitor / comet sections
+    (``ds_config.external_monitors``); DeepSpeed's own monitors for them receive every scalar.
+    """
+
+    def __init__(self, output_dir: Path, enabled: bool, tensorboard: bool, deepspeed_monitors: dict | None = None):
         self.enabled = enabled
         self.writer = None
+        self.external = None
         self.tensorboard_dir = output_dir / "tensorboard"
         self._jsonl = None
         if not enabled:
@@ -41,6 +48,8 @@ class Monitor:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(self.tensorboard_dir))
+        if deepspeed_monitors:
+            self.external = _deepspeed_monitors(deepspeed_monitors)
         self._jsonl = open(output_dir / "train_log.jsonl", "a", encoding="utf-8")
 
     def print(self, message: str) -> None:
@@ -52,11 +61,12 @@ class Monitor:
             self.writer.add_text(tag, value, 0)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
-        if self.writer is None:
-            return
-        for tag, value in values.items():
-            if value is not None and math.isfinite(value):
+        events = [(tag, value, step) for tag, value in values.items() if value is not None and math.isfinite(value)]
+        if self.writer is not None:
+            for tag, value, _ in events:
                 self.writer.add_scalar(tag, value, step)
+        if self.external is not None and events:
+            self.external.write_events(events)
 
     def record(self, record: dict) -> None:
         if self._jsonl is not None:
@@ -74,6 +84,26 @@ class Monitor:
         if self._jsonl is not None:
             self._jsonl.close()
             self._jsonl = None
+
+
+class MonitorSetupError(ConfigError):
+    """A monitor section of the DeepSpeed config cannot be honoured (its package is missing)."""
+
+
+def _deepspeed_monitors(sections: dict):
+    """DeepSpeed's MonitorMaster for these sections (TensorBoard off: the run writes its own)."""
+    from deepspeed.monitor.config import get_monitor_config
+    from deepspeed.monitor.monitor import MonitorMaster
+
+    packages = {"wandb": "wandb", "comet": "comet_ml"}
+    for name, package in packages.items():
+        if name in sections:
+            try:
+                __import__(package)
+            except ImportError:
+                raise MonitorSetupError(f"the DeepSpeed config enables {name}, but the {package} package is not "
+                                        f"installed: pip install {package}, or set {name}.enabled to false") from None
+    return MonitorMaster(get_monitor_config(dict(sections)))
 
 
 def console_line(step: int, total_steps: int, epoch: int, values: dict, eta_seconds: float) -> str:

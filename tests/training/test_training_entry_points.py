@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import subprocess
 import sys
 
@@ -18,15 +20,34 @@ def interbert_command(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+def pretrain_command(corpus, tmp_path, config) -> subprocess.CompletedProcess:
+    return interbert_command("pretrain", "--deepspeed_config", str(config), "--preset", "tiny",
+                             "--features", str(corpus / "features"), "--captions", str(corpus / "captions.jsonl"),
+                             "--output-dir", str(tmp_path / "run"), "--max-steps", "2", "--num-workers", "0",
+                             "--validation-split", "", "--eval-images", "0", "--save-every", "0", "--log-every", "1")
+
+
 @pytest.mark.slow
-def test_interbert_pretrain_trains_and_saves_the_model(corpus, tmp_path):
-    config = write_ds_config(tmp_path / "ds.json", micro=8, world=1)
-    result = interbert_command("pretrain", "--deepspeed_config", str(config), "--preset", "tiny",
-                               "--features", str(corpus / "features"), "--captions", str(corpus / "captions.jsonl"),
-                               "--output-dir", str(tmp_path / "run"), "--max-steps", "2", "--num-workers", "0",
-                               "--validation-split", "", "--eval-images", "0", "--save-every", "0")
+def test_interbert_pretrain_trains_saves_and_feeds_the_configs_csv_monitor(corpus, tmp_path):
+    csv = {"enabled": True, "output_path": str(tmp_path / "csv"), "job_name": "tiny"}
+    config = write_ds_config(tmp_path / "ds.json", micro=8, world=1, csv_monitor=csv)
+    result = pretrain_command(corpus, tmp_path, config)
     assert result.returncode == 0, explain(result)
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    rows = (tmp_path / "csv" / "tiny" / "train_loss.csv").read_text().splitlines()
+    assert rows[0] == "step,loss" and [float(r.split(",")[1]) for r in rows[1:]] == pytest.approx(losses)
+
+
+def test_a_monitor_whose_package_is_missing_stops_the_run_with_one_line(corpus, tmp_path):
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    config = write_ds_config(tmp_path / "ds.json", micro=8, world=1, wandb={"enabled": True, "project": "x"})
+    result = pretrain_command(corpus, tmp_path, config)
+    assert result.returncode == 2, explain(result)
+    assert result.stderr.strip().endswith("the DeepSpeed config enables wandb, but the wandb package is not installed: "
+                                          "pip install wandb, or set wandb.enabled to false")
 
 
 def test_a_usage_error_of_interbert_pretrain_is_one_line_with_its_name(tmp_path):
