@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-IGNORE_INDEX = -100
+from interbert.batch_contract import IGNORE_INDEX
 
 
 def draw_segments(num_words: np.ndarray, u_anchor: np.ndarray, u_fallback: np.ndarray, u_extra: np.ndarray,

@@ -22,19 +22,19 @@ from typing import Iterable, Optional
 import numpy as np
 import torch
 
+from interbert.batch_contract import BATCH_KEYS, IGNORE_INDEX, PAD_ID
 from interbert.data.batch_ring import ALIGNMENT, BatchRing
 from interbert.data.feature_store import CorruptRecordError, FeatureStore
 from interbert.data.itm import CaptionsByImage, draw_itm_captions
 from interbert.data.manifests import ManifestError, read_manifest
 from interbert.data.mrm import mask_regions_mom, mask_regions_mrm
-from interbert.data.msm import IGNORE_INDEX, replace_masked, segment_mask, token_mask
+from interbert.data.msm import replace_masked, segment_mask, token_mask
 from interbert.data.regions import batch_tensor, fill_global_token, pack_regions
 from interbert.data.tokenization import (SPECIAL_WORD, TokenizedCaptions, load_tokenizer, random_token_pool,
                                          tokenize_captions)
 
 logger = logging.getLogger("interbert.data")
 
-PAD_ID = 0  # [PAD] in the BERT vocabularies
 
 
 class DatasetError(ValueError):
@@ -173,8 +173,8 @@ class PretrainingDataset(torch.utils.data.Dataset):
             the batch, counted in ``skipped["corrupt record"]`` and logged with the image id;
             without it the batch fails with a message naming the image.
 
-    ``__getitems__(indices)`` returns ``(batch, dropped, failure)``: the batch dict of the design
-    notes (torch, batch first): input_ids, token_type_ids, text_mask, region_features (B×R×F
+    ``__getitems__(indices)`` returns ``(batch, dropped, failure)``: the batch dict of
+    docs/design.md (torch, batch first): input_ids, token_type_ids, text_mask, region_features (B×R×F
     float16), region_locations (B×R×5 float32), region_mask, msm_labels, mrm_labels, optionally
     mrm_soft_labels (B×R×C float16), itm_labels (B); the image ids of the samples dropped as
     corrupt; and None, or (batch None) the message of a ``CorruptRecordError`` that the caller
@@ -297,9 +297,7 @@ class PretrainingDataset(torch.utils.data.Dataset):
             ring.claim(torch.utils.data.get_worker_info().id)
         batch.update(self._regions(records, masked_pair, u, partial(_allocate, ring)))
         batch["itm_labels"] = torch.from_numpy(itm_labels)
-        ordered = ("input_ids", "token_type_ids", "text_mask", "region_features", "region_locations", "region_mask",
-                   "msm_labels", "mrm_labels", "mrm_soft_labels", "itm_labels")
-        batch = {key: batch[key] for key in ordered if key in batch}
+        batch = {key: batch[key] for key in BATCH_KEYS if key in batch}
         return batch if ring is None else ring.seal(batch), [image_id for _, image_id in corrupt], None
 
     def batch_bytes(self, batch_size: int) -> int:

@@ -1,6 +1,6 @@
 """Batches of the fine-tuning tasks and the loader that tracks its position for resume.
 
-A sample is a dict; the collate functions pad it into the batch keys of design.md plus
+A sample is a dict; the collate functions pad it into the batch keys of docs/design.md plus
 `labels`. Multiple-choice batches hold B×K×T text and B×K×R region tensors. Keys starting with
 `count_` are per-batch counters (e.g. hard negatives that fell back to a random image): the
 training loop reports them and does not pass them to the model.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from interbert.data.pretraining_dataset import PAD_ID
+from interbert.batch_contract import PAD_ID
 from interbert.data.regions import pad_regions
 from interbert.data.sampling import DistributedShardSampler
 

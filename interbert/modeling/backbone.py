@@ -48,7 +48,7 @@ def init_weights(module: nn.Module, std: float) -> None:
 
 class InterBertModel(PretrainedModelMixin, nn.Module):
     """The backbone. forward(input_ids, token_type_ids, text_mask, region_features,
-    region_locations, region_mask) -> InterBertOutput (shapes in design.md)."""
+    region_locations, region_mask) -> InterBertOutput (shapes in docs/design.md)."""
 
     def __init__(self, config: InterBertConfig):
         super().__init__()

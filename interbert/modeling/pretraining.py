@@ -7,15 +7,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from interbert.batch_contract import IGNORE_INDEX, INPUT_KEYS  # noqa: F401 (INPUT_KEYS re-exported)
 from interbert.config import InterBertConfig
 from interbert.modeling.backbone import InterBertModel, init_weights
 from interbert.modeling.heads import ITM_MATCHED, ItmHead, MrmHead, MsmHead
 from interbert.modeling.losses import TaskLoss, itm_loss, mrm_loss, msm_loss
 from interbert.modeling.pretrained_io import PretrainedModelMixin
-
-INPUT_KEYS = ("input_ids", "token_type_ids", "text_mask",
-              "region_features", "region_locations", "region_mask")
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -28,7 +25,7 @@ class PretrainingOutput:
 
 
 class InterBertForPretraining(PretrainedModelMixin, nn.Module):
-    """forward(**batch) with the batch keys of design.md -> PretrainingOutput.
+    """forward(**batch) with the batch keys of docs/design.md -> PretrainingOutput.
 
     Label keys are optional: a task whose labels are absent is not computed."""
 
@@ -64,7 +61,7 @@ class InterBertForPretraining(PretrainedModelMixin, nn.Module):
                 **inputs: torch.Tensor) -> PretrainingOutput:
         missing = [key for key in INPUT_KEYS if key not in inputs]
         if missing:
-            raise KeyError(f"the batch lacks {missing}; a batch holds the keys of design.md")
+            raise KeyError(f"the batch lacks {missing}; a batch holds the keys of docs/design.md")
         output = self.interbert(**{key: inputs[key] for key in INPUT_KEYS})
         tasks: dict[str, TaskLoss] = {}
         if msm_labels is not None:

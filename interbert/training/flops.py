@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
+from interbert.batch_contract import IGNORE_INDEX
 from interbert.config import InterBertConfig, StreamConfig
 
-IGNORE_INDEX = -100
 # Dense peaks in FLOP/s for the tensor-core formats (fp16/bf16); fp32 on these parts is
 # slower and MFU against them would flatter nobody.
 GPU_PEAKS = (
@@ -63,7 +63,7 @@ class BatchFlops:
 
 
 def batch_flops(config: InterBertConfig, batch: dict) -> BatchFlops:
-    """FLOPs of one training pass over `batch` (design.md keys), real tokens only."""
+    """FLOPs of one training pass over `batch` (the keys of docs/design.md), real tokens only."""
     text = batch["text_mask"].bool().sum(dim=1)
     regions = batch["region_mask"].bool().sum(dim=1)
     h = config.hidden_size

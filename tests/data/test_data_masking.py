@@ -1,4 +1,4 @@
-"""MSM, MRM, ITM and the Table-2 baselines: the statistics the paper and design notes specify,
+"""MSM, MRM, ITM and the Table-2 baselines: the statistics the paper and docs/data.md specify,
 checked on whole batches; the draws behind them; and the dataset's use of both."""
 from __future__ import annotations
 

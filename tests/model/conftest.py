@@ -31,7 +31,7 @@ def small_config() -> InterBertConfig:
 
 def make_batch(config: InterBertConfig, text_lengths, region_counts, seed: int = 0,
                num_tokens: int | None = None, num_regions: int | None = None) -> dict:
-    """A padded batch with the design.md keys; padding filled with junk on purpose."""
+    """A padded batch with the keys of docs/design.md; padding filled with junk on purpose."""
     generator = torch.Generator().manual_seed(seed)
     batch = len(text_lengths)
     num_tokens = num_tokens or max(text_lengths)
