@@ -1,6 +1,6 @@
 """Model configuration: one dataclass, named presets, JSON round trip, validation.
 
-Presets (see README, "Model presets"):
+Presets (see docs/model.md, "Presets"):
   paper-base    the paper's appendix: 12 interaction layers, 6 + 6 extraction layers
   release-base  the authors' released checkpoint: 6 interaction layers, 6 text extraction
                 layers (BERT layers 6-11 at init), 6 image extraction layers of 8 heads
