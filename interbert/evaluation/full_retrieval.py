@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from interbert.data.regions import pad_regions, select_regions
 from interbert.evaluation.metrics import chance_metrics, format_table, retrieval_metrics
@@ -112,15 +113,17 @@ def bucket_blocks(texts: Embedded, images: Embedded, pair_batch: int) -> list:
 
 
 def score_all_pairs(embedder: PairEmbedder, texts: Embedded, images: Embedded, pair_batch: int,
-                    collective: bool = True, scoring_model=None) -> torch.Tensor:
+                    collective: bool = True, scoring_model=None, progress: bool = False) -> torch.Tensor:
     """C×I scores of every pair of the embedded captions and images, bucket by bucket, with
     `scoring_model` (default: the embedder's model; `bucket_scoring.model_in_precision`). Collective:
     each rank scores its blocks and the matrix is summed over ranks; otherwise this rank scores
-    everything."""
+    everything. `progress`: a progress bar on rank 0 (stderr)."""
     rank, world = rank_and_world() if collective else (0, 1)
     grid_scorer = BucketScorer(embedder.model if scoring_model is None else scoring_model, texts, images)
     scores = torch.zeros(texts.hidden.shape[0], images.hidden.shape[0], dtype=torch.float32)
-    for j, (text_rows, image_rows) in enumerate(bucket_blocks(texts, images, pair_batch)):
+    blocks = list(bucket_blocks(texts, images, pair_batch))
+    blocks = tqdm(blocks, desc="scoring pairs", unit="block", mininterval=1.0, disable=not progress or rank != 0)
+    for j, (text_rows, image_rows) in enumerate(blocks):
         if j % world == rank:
             scores[text_rows[:, None], image_rows[None, :]] = grid_scorer.score_grid(text_rows, image_rows)
     return _sum_over_ranks(scores, embedder.device) if collective else scores
@@ -158,11 +161,13 @@ def _tokens_per_pair(corpus) -> int:
 def evaluate_full_retrieval(model, corpus, *, device: torch.device | None = None,
                             dtype: torch.dtype = torch.float32, pair_batch: int | None = None,
                             memory_budget: int = DEFAULT_MEMORY_BUDGET, two_stage_k: int = 0,
-                            first_stage_regions: int = 10, precision: str = "exact") -> FullRetrievalResult:
+                            first_stage_regions: int = 10, precision: str = "exact",
+                            progress: bool = False) -> FullRetrievalResult:
     """All C×I pairs scored, R@1/5/10 and median rank both ways; optionally the two-stage
     re-ranking as well. `model`: an InterBertForPretraining in `dtype`. `precision`: "exact" scores
     with the model as it is, "bf16" with a bfloat16 copy of it (`bucket_scoring`); embeddings are
-    computed with the model as it is. Collective when a process group exists."""
+    computed with the model as it is. Collective when a process group exists. `progress`: a
+    progress bar of the scoring on rank 0."""
     device = device or torch.device("cpu")
     num_captions, num_images = len(corpus), len(corpus.image_ids)
     if pair_batch is None:
@@ -176,7 +181,7 @@ def evaluate_full_retrieval(model, corpus, *, device: torch.device | None = None
         scoring_model = model_in_precision(model, precision)
         start = time.perf_counter()
         texts, images = _embed_corpus(embedder, corpus)
-        scores = score_all_pairs(embedder, texts, images, pair_batch, scoring_model=scoring_model)
+        scores = score_all_pairs(embedder, texts, images, pair_batch, scoring_model=scoring_model, progress=progress)
         full = RetrievalRun(retrieval_metrics(scores, caption_image), num_captions * num_images,
                             time.perf_counter() - start)
         result = FullRetrievalResult(full, chance_metrics(num_images, num_captions), num_captions,

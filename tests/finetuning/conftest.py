@@ -151,10 +151,12 @@ def ds_config_writer():
 @pytest.fixture(scope="session")
 def run_finetune():
     """The real entry point in this process (single rank): run_finetune(*argv) -> exit status."""
+    from interbert.data.tokenization import default_vocab_file
     from interbert.finetune import main
 
-    def run(*argv: str) -> int:
-        return main([str(a) for a in argv] + ["--num-workers", "0", "--log-every", "1"])
+    def run(*argv: str, vocab: bool = True) -> int:
+        extra = ["--vocab", default_vocab_file()] if vocab else []  # the test wheel's bert-base-uncased vocabulary
+        return main([str(a) for a in argv] + ["--num-workers", "0", "--log-every", "1", *extra])
 
     return run
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from training_test_helpers import REPO, explain, subprocess_env, write_ds_config
+from training_test_helpers import REPO, VOCAB, explain, subprocess_env, write_ds_config
 
 import interbert
 from interbert.pretrain import build_parser
@@ -24,7 +24,8 @@ def pretrain_command(corpus, tmp_path, config) -> subprocess.CompletedProcess:
     return interbert_command("pretrain", "--deepspeed_config", str(config), "--preset", "tiny",
                              "--features", str(corpus / "features"), "--captions", str(corpus / "captions.jsonl"),
                              "--output-dir", str(tmp_path / "run"), "--max-steps", "2", "--num-workers", "0",
-                             "--validation-split", "", "--eval-images", "0", "--save-every", "0", "--log-every", "1")
+                             "--validation-split", "", "--eval-images", "0", "--save-every", "0", "--log-every", "1",
+                             "--vocab", VOCAB)
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from training_test_helpers import PRETRAIN, REPO, subprocess_env, write_ds_config
+from training_test_helpers import PRETRAIN, REPO, VOCAB, subprocess_env, write_ds_config
 
 from interbert.pretrain import main
 
@@ -26,7 +26,7 @@ def args(corpus, tmp_path):
     config = write_ds_config(tmp_path / "ds.json", micro=4, world=1)
     return ["--deepspeed_config", str(config), "--preset", "tiny",
             "--features", str(corpus / "features"), "--captions", str(corpus / "captions.jsonl"),
-            "--output-dir", str(tmp_path / "run"), "--max-steps", "1"]
+            "--output-dir", str(tmp_path / "run"), "--max-steps", "1", "--vocab", VOCAB]
 
 
 def _replace(args: list[str], flag: str, value: str) -> list[str]:
@@ -59,6 +59,12 @@ def test_missing_feature_store(args, capsys, tmp_path):
 def test_missing_caption_manifest(args, capsys, tmp_path):
     _fails_with(_replace(args, "--captions", str(tmp_path / "missing.jsonl")), capsys,
                 "--captions", "missing.jsonl", "no such file")
+
+
+def test_no_vocabulary_names_the_flags_that_give_one(args, capsys, tmp_path):
+    without = args[:args.index("--vocab")] + args[args.index("--vocab") + 2:]
+    _fails_with(without, capsys, "no vocabulary: pass --vocab FILE (the bert-base-uncased vocab.txt), or "
+                                 "--init-bert DIR or --init-model DIR holding vocab.txt")
 
 
 def test_missing_deepspeed_config(args, capsys, tmp_path):

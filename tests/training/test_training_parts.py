@@ -185,6 +185,18 @@ print(json.dumps({"world": c.world_size, "batch": c.train_batch_size,
     assert parsed["scheduler_params"]["total_num_steps"] == total_steps_for_epochs(4_777_000, 20, 512)
 
 
+@pytest.mark.parametrize("name,micro", [("pretrain_cpu_demo.json", 32), ("finetune_cpu_demo.json", 8)])
+def test_the_cpu_demo_configs_serve_one_and_two_ranks(name, micro):
+    from interbert.training.ds_config import load_ds_config, resolve_batch_sizes
+
+    path = REPO / "ds_configs" / name
+    config = load_ds_config(path)
+    for world, accumulation in ((1, 2), (2, 1)):
+        resolved = resolve_batch_sizes(config, world, path)
+        assert (resolved["train_micro_batch_size_per_gpu"], resolved["gradient_accumulation_steps"]) == (micro, accumulation)
+        assert resolved["train_batch_size"] == micro * accumulation * world
+
+
 # ---------------------------------------------------------------- stopping
 def test_sigterm_becomes_a_stop_request():
     before = signal.getsignal(signal.SIGTERM)

