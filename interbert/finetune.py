@@ -302,11 +302,12 @@ def run_with_errors(args, prog: str) -> int:
     from interbert.finetuning.vcr import VcrFormatError
     from interbert.training.ds_config import ConfigError
     from interbert.training.precision import PrecisionError
+    from interbert.training.safe_load import UnsafeCheckpointError
 
     try:
         return run(args)
     except (UsageError, ConfigError, PrecisionError, SettingsError, TaskInputError, DatasetError, ManifestError,
-            GlueFormatError, VcrFormatError, FileNotFoundError) as error:
+            GlueFormatError, VcrFormatError, UnsafeCheckpointError, FileNotFoundError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
         return EXIT_USAGE
 

@@ -349,6 +349,7 @@ def run_with_errors(args: argparse.Namespace, prog: str) -> int:
     from interbert.data.feature_store import CorruptRecordError
     from interbert.data.pretraining_dataset import DatasetError
     from interbert.data.tokenization import VocabularyError
+    from interbert.training.safe_load import UnsafeCheckpointError
     from interbert.training.corpus import CorpusError
     from interbert.training.ds_config import ConfigError
     from interbert.training.precision import PrecisionError
@@ -356,7 +357,7 @@ def run_with_errors(args: argparse.Namespace, prog: str) -> int:
     try:
         return run(args)
     except (UsageError, ConfigError, PrecisionError, CorpusError, DatasetError, CorruptRecordError,
-            VocabularyError, FileNotFoundError) as error:
+            VocabularyError, UnsafeCheckpointError, FileNotFoundError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
         return EXIT_USAGE
 

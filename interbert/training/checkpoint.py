@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from interbert.training.distributed import all_gather_objects, barrier
+from interbert.training.safe_load import load_checkpoints_safely
 
 TAG_PATTERN = re.compile(r"^global_step(\d+)$")
 CLIENT_STATE_VERSION = 1
@@ -88,6 +89,7 @@ def load(engine, directory: Path, rank: int) -> dict:
         raise FileNotFoundError(
             f"--resume: {latest} does not exist, so there is no checkpoint to resume from in "
             f"{directory}; start without --resume, or point --output-dir at the earlier run")
+    load_checkpoints_safely(engine)  # weights-only unpickling: a checkpoint must not run code
     path, client_state = engine.load_checkpoint(str(directory), load_optimizer_states=True,
                                                 load_lr_scheduler_states=True)
     if path is None or not client_state or "interbert_client_state" not in client_state:

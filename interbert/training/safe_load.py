@@ -1,0 +1,62 @@
+"""Loading DeepSpeed checkpoint files without running code from them.
+
+DeepSpeed reads its checkpoint files with ``torch.load(..., weights_only=False)``: a full
+unpickler, so a checkpoint from a stranger (or one whose files were swapped) could run any
+command on ``--resume``. ``weights_only_load`` replaces that read for the engine's checkpoint
+engine: torch's weights-only unpickler (tensors, containers, numbers, strings) plus an explicit
+allow-list of the few classes that DeepSpeed and our client state put into checkpoints (listed
+in ``ALLOWED_GLOBALS``, found with ``torch.serialization.get_unsafe_globals_in_checkpoint`` on
+the checkpoints of every precision this project writes). Anything else is refused with the file
+and the global named. Chosen over a manifest of hashes written by the run: a manifest proves the
+files are unchanged, not that whoever wrote them is trusted, and a copied-in checkpoint would
+need one too.
+"""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import torch
+
+try:  # numpy >= 2
+    from numpy._core import multiarray as _multiarray
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core import multiarray as _multiarray
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """A checkpoint file holds something other than weights, optimizer state and plain data."""
+
+
+def allowed_globals() -> list:
+    """Classes a DeepSpeed checkpoint of this project may hold besides tensors and containers:
+    ZeRO's fragment addresses, stage enum and loss scalers; numpy arrays and dtypes (the RNG
+    states of the client state)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    dtypes = [type(np.dtype(name)) for name in ("uint32", "int64", "float64", "uint64", "int32")]
+    return [fragment_address, LossScaler, DynamicLossScaler, ZeroStageEnum,
+            _multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
+
+
+def weights_only_load(path, map_location=None):
+    """``torch.load`` with the weights-only unpickler and ``allowed_globals``; refuses anything
+    else with an error naming the file and the global."""
+    try:
+        with torch.serialization.safe_globals(allowed_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        parts = [part.strip() for part in str(error).split("\n\n") if part.strip()]
+        # torch's message: a preamble, the refused global, a pointer to its documentation
+        reason = next((part for part in parts if "GLOBAL" in part), parts[1] if len(parts) > 1 else str(error))
+        raise UnsafeCheckpointError(
+            f"{path}: refused to load: the file holds more than weights and plain state ({reason}); a "
+            "checkpoint from elsewhere could run code when unpickled. Resume only from checkpoints your "
+            "runs wrote") from None
+
+
+def load_checkpoints_safely(engine) -> None:
+    """Make ``engine`` (a DeepSpeed engine) read its checkpoint files with ``weights_only_load``."""
+    engine.checkpoint_engine.load = weights_only_load

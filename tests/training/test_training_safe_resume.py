@@ -1,0 +1,47 @@
+"""--resume reads DeepSpeed's checkpoint files with the weights-only unpickler: a checkpoint file
+that carries code (a pickled object whose reduction calls os.system) stops the run with one line
+naming the file, and the code never runs."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from training_test_helpers import REPO, explain, pretrain_args, subprocess_env, write_ds_config
+
+pytestmark = pytest.mark.slow
+
+
+class Payload:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def run(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_a_checkpoint_that_carries_code_is_refused_and_never_runs(corpus, tmp_path):
+    config = write_ds_config(tmp_path / "ds.json", micro=8, world=1)
+    output = tmp_path / "run"
+    common = ("--validation-split", "", "--eval-images", "0", "--save-every", "1")
+    result = run(pretrain_args(corpus, config, output, *common, "--max-steps", "2"))
+    assert result.returncode == 0, explain(result)
+
+    model_states = output / "checkpoints" / "global_step2" / "mp_rank_00_model_states.pt"
+    state = torch.load(model_states, weights_only=False)  # this test wrote it: trusted here
+    marker = tmp_path / "the-payload-ran"
+    state["interbert_client_state"] = Payload(str(marker))
+    torch.save(state, model_states)
+
+    result = run(pretrain_args(corpus, config, output, *common, "--max-steps", "3", "--resume"))
+    assert result.returncode == 2, explain(result)
+    error = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(error) == 1 and f"{model_states}: refused to load" in error[0] and "posix.system" in error[0]
+    assert not marker.exists()
