@@ -189,10 +189,18 @@ class FeatureStoreWriter:
             layout = {**asdict(self.metadata),
                       "groups": [[shard_name(i, self.shards) for i in range(self.shards)]]}
             (self.tmp_path / SHARDED_METADATA_FILE).write_text(json.dumps(layout, indent=1, sort_keys=True))
-        if self.path.exists():  # only reachable with overwrite=True
+        if self.path.exists() and self.overwrite:
             forget_environment(self.path)
             remove_leftover(self.path)
-        os.replace(self.tmp_path, self.path)
+        try:
+            if self.path.exists():
+                raise FileExistsError(self.path)
+            os.replace(self.tmp_path, self.path)  # refuses a non-empty directory: no store is ever replaced
+        except OSError:
+            raise FeatureStoreError(
+                f"{self.path} appeared while this run was writing (another process finished it first); this "
+                f"run's store is kept in {self.tmp_path}: compare the two, then move the one you want into "
+                "place") from None
 
     def _abort(self) -> None:
         for txn in self._txns:

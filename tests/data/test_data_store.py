@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,3 +145,21 @@ def test_store_opens_in_forked_dataloader_workers(tmp_path):
     expected = [float(records[i % 4].features[0, 0].astype(np.float16)) for i in range(8)]
     assert list(map(float, values)) == expected
     assert os.getpid() not in {int(p) for p in pids}
+
+
+def test_a_store_finished_by_another_process_meanwhile_is_never_replaced(tmp_path):
+    path = tmp_path / "store"
+    with pytest.raises(FeatureStoreError, match="appeared while this run was writing") as caught:
+        with FeatureStoreWriter(path) as mine:
+            mine.add(make_record("mine"))
+            child = os.fork()
+            if child == 0:  # another conversion to the same --out, finishing first
+                try:
+                    with FeatureStoreWriter(path) as theirs:
+                        theirs.add(make_record("theirs"))
+                finally:
+                    os._exit(0)
+            os.waitpid(child, 0)
+    assert sorted(FeatureStore(path).keys()) == ["theirs"]  # the finished store is untouched
+    kept = Path(f"{path}.tmp-{os.getpid()}")
+    assert str(kept) in str(caught.value) and (kept / "data.mdb").is_file()  # and this run's work is kept
