@@ -145,8 +145,11 @@ def read_captions(fmt: str, inputs: list, split: Optional[str] = None, id_rule: 
 
 
 def convert_captions(fmt: str, inputs: Iterable, out: str | os.PathLike, split: Optional[str] = None,
-                     id_rule: str = "index", strict: bool = False) -> tuple:
-    """Write the manifest ``out``; returns ``(lines written, skipped Counter, first skipped places)``."""
+                     id_rule: str = "index", strict: bool = False, overwrite: bool = False) -> tuple:
+    """Write the manifest ``out`` (an existing one only with ``overwrite``); returns ``(lines
+    written, skipped Counter, first skipped places)``."""
+    if os.path.lexists(out) and not overwrite:
+        raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite to replace it")
     inputs = [str(p) for p in inputs]
     skipped: Counter = Counter()
     examples: list = []
@@ -165,5 +168,9 @@ def convert_captions(fmt: str, inputs: Iterable, out: str | os.PathLike, split: 
             entry["source"] = fmt
             yield entry
 
-    count = write_manifest(out, entries())
+    try:
+        count = write_manifest(out, entries(), replace=overwrite)
+    except FileExistsError:
+        raise FileExistsError(f"{out} appeared while this run was writing it (another process?); it was left as "
+                              "it is: choose another --out or pass --overwrite") from None
     return count, skipped, examples

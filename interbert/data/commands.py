@@ -62,7 +62,7 @@ def run_captions(args: argparse.Namespace) -> int:
     from interbert.data.captions import convert_captions
 
     count, skipped, examples = convert_captions(args.format, args.input, args.out, split=args.split,
-                                                id_rule=args.id_rule, strict=args.strict)
+                                                id_rule=args.id_rule, strict=args.strict, overwrite=args.overwrite)
     print(f"wrote {args.out}: {count} captions")
     for problem, n in skipped.items():
         print(f"skipped {n} lines ({problem}); first: {'; '.join(examples)} (--strict makes this an error)")
@@ -189,6 +189,7 @@ def register(subparsers) -> None:
     captions.add_argument("--id-rule", choices=("index", "url-stem", "url-sha1"), default="index",
                           help="cc/sbu: how an image id is made from a row (default: the 0-based row index)")
     captions.add_argument("--strict", action="store_true", help="an empty caption is an error, not a counted skip")
+    captions.add_argument("--overwrite", action="store_true", help="replace an existing manifest at --out")
     captions.add_argument("input", nargs="+", help="input files (sbu: captions.txt urls.txt, or one JSON)")
     captions.set_defaults(func=guarded(run_captions))
 

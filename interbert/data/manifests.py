@@ -34,8 +34,10 @@ def read_manifest(path: str | os.PathLike) -> Iterator[tuple]:
             yield line_number, entry
 
 
-def write_manifest(path: str | os.PathLike, entries: Iterable[dict]) -> int:
-    """Write ``entries`` as JSON lines through a temporary file renamed on success; returns the count."""
+def write_manifest(path: str | os.PathLike, entries: Iterable[dict], replace: bool = True) -> int:
+    """Write ``entries`` as JSON lines through a temporary file renamed on success; returns the count.
+    ``replace=False``: an existing ``path`` (even one that appears meanwhile) is never replaced:
+    FileExistsError."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(f"{path}.tmp-{os.getpid()}")
@@ -46,7 +48,10 @@ def write_manifest(path: str | os.PathLike, entries: Iterable[dict]) -> int:
                 handle.write(json.dumps({key: entry[key] for key in MANIFEST_KEYS}, ensure_ascii=False))
                 handle.write("\n")
                 count += 1
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if path exists, atomically
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from interbert.config import PRESETS, InterBertConfig
@@ -43,6 +44,10 @@ def run_info(args: argparse.Namespace) -> int:
 def run_convert_release(args: argparse.Namespace) -> int:
     from interbert.modeling.release import convert_release
 
+    if os.path.lexists(args.out) and not args.overwrite:
+        print(f"interbert convert-release: {args.out} already exists; choose another --out or pass --overwrite to "
+              "replace the model there", file=sys.stderr)
+        return 2
     try:
         report = convert_release(args.checkpoint, args.out, _config_from_args(args))
     except (ValueError, FileNotFoundError) as error:
@@ -70,5 +75,6 @@ def register(subparsers) -> None:
     )
     convert.add_argument("checkpoint", help="the released .bin file (or a .safetensors copy)")
     convert.add_argument("--out", required=True, help="the model directory to write")
+    convert.add_argument("--overwrite", action="store_true", help="replace a model directory at --out")
     _add_config_flags(convert, "release-base")
     convert.set_defaults(func=run_convert_release)

@@ -94,3 +94,17 @@ def test_empty_caption_is_counted_or_strict_error(tmp_path):
     with pytest.raises(CaptionFormatError, match=r"cc\.tsv:2: empty caption"):
         convert_captions("cc", [source], tmp_path / "strict.jsonl", strict=True)
     assert not (tmp_path / "strict.jsonl").exists()
+
+
+def test_an_existing_manifest_is_replaced_only_with_overwrite(tmp_path, capsys):
+    from interbert.cli import main
+
+    source = tmp_path / "captions_val2014.json"
+    source.write_text(json.dumps({"images": [{"id": 7}], "annotations": [{"image_id": 7, "id": 1, "caption": "a cat"}]}))
+    out = tmp_path / "coco.jsonl"
+    out.write_text("my own manifest\n")
+    assert main(["data", "captions", "--format", "coco", "--out", str(out), str(source)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {out} already exists; choose another --out or pass --overwrite to replace it"
+    assert out.read_text() == "my own manifest\n"
+    assert main(["data", "captions", "--format", "coco", "--out", str(out), "--overwrite", str(source)]) == 0
+    assert _lines(out) == [{"image_id": "7", "caption": "a cat", "split": "val", "source": "coco"}]

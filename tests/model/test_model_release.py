@@ -216,6 +216,15 @@ def test_convert_release_command(tmp_path, release_like_config, capsys):
     assert main(["convert-release", "--out", str(tmp_path / "n"), str(tmp_path / "r.bin")]) == 2
     assert "does not convert into the given layout" in capsys.readouterr().err
 
+    # an existing model directory is replaced only with --overwrite
+    before = (tmp_path / "m" / "model.safetensors").read_bytes()
+    args = ["convert-release", "--out", str(tmp_path / "m"), "--config", str(tmp_path / "layout.json"),
+            str(tmp_path / "r.bin")]
+    assert main(args) == 2
+    assert f"{tmp_path / 'm'} already exists; choose another --out or pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "m" / "model.safetensors").read_bytes() == before
+    assert main(args + ["--overwrite"]) == 0
+
 
 def test_a_vcr_head_starts_from_the_release_vil_logit(tmp_path, release_like_config, batch_factory):
     from interbert.finetuning.model import InterBertForFinetuning, TaskSpec
