@@ -294,6 +294,7 @@ def main(argv: list[str] | None = None, prog: str = "interbert/finetune.py") -> 
 
 
 def run_with_errors(args, prog: str) -> int:
+    from interbert.data.feature_store import FeatureStoreError
     from interbert.data.manifests import ManifestError
     from interbert.data.pretraining_dataset import DatasetError
     from interbert.finetuning.glue import GlueFormatError
@@ -307,7 +308,7 @@ def run_with_errors(args, prog: str) -> int:
     try:
         return run(args)
     except (UsageError, ConfigError, PrecisionError, SettingsError, TaskInputError, DatasetError, ManifestError,
-            GlueFormatError, VcrFormatError, UnsafeCheckpointError, FileNotFoundError) as error:
+            GlueFormatError, VcrFormatError, UnsafeCheckpointError, FeatureStoreError, FileNotFoundError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
         return EXIT_USAGE
 

@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_with_errors(args: argparse.Namespace, prog: str) -> int:
     """``run(args)``; a user's mistake is one line on stderr and exit status 2."""
-    from interbert.data.feature_store import CorruptRecordError
+    from interbert.data.feature_store import FeatureStoreError
     from interbert.data.pretraining_dataset import DatasetError
     from interbert.data.tokenization import VocabularyError
     from interbert.training.safe_load import UnsafeCheckpointError
@@ -356,7 +356,7 @@ def run_with_errors(args: argparse.Namespace, prog: str) -> int:
 
     try:
         return run(args)
-    except (UsageError, ConfigError, PrecisionError, CorpusError, DatasetError, CorruptRecordError,
+    except (UsageError, ConfigError, PrecisionError, CorpusError, DatasetError, FeatureStoreError,
             VocabularyError, UnsafeCheckpointError, FileNotFoundError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
         return EXIT_USAGE

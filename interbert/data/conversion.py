@@ -27,7 +27,7 @@ from interbert.data.detections import ConversionError
 from interbert.data.feature_store import (DEFAULT_FEATURE_SIZE, DEFAULT_NUM_CLASSES, FeatureStoreError,
                                           StoreMetadata, record_problems)
 from interbert.data.record_format import RegionRecord, encode_record
-from interbert.data.store_writer import FeatureStoreWriter
+from interbert.data.store_writer import FeatureStoreWriter, stale_temporaries
 
 UNITS_IN_FLIGHT_PER_WORKER = 3
 
@@ -137,6 +137,9 @@ def run_conversion(units: Iterable, parse: Callable, options: ConversionOptions,
     """
     if options.workers < 1:
         raise ConversionError(f"--workers is {options.workers}; give 1 or more")
+    for stale in stale_temporaries(options.out):
+        print(f"note: {stale} is left from an earlier run of this conversion that was killed (its process is "
+              "gone); it is not used: remove it (rm -r) unless you want to look at it", file=sys.stderr)
     captions: list = []
     try:
         with FeatureStoreWriter(options.out, feature_size=options.feature_size, num_classes=options.num_classes,

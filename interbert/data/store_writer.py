@@ -38,6 +38,28 @@ def shard_name(index: int, shards: int) -> str:
     return f"shard-{index:05d}-of-{shards:05d}"
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def stale_temporaries(path: str | os.PathLike) -> list:
+    """``PATH.tmp-<pid>`` directories of earlier runs writing ``path`` whose process is gone (a
+    SIGKILL or a crash of the machine: every other stop removes its own)."""
+    path = Path(path)
+    found = []
+    for candidate in path.parent.glob(f"{path.name}.tmp-*"):
+        pid = candidate.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            found.append(candidate)
+    return sorted(found)
+
+
 def remove_leftover(path: Path) -> None:
     """Remove ``path`` (a directory or a file) if it exists."""
     if path.is_dir() and not path.is_symlink():

@@ -40,3 +40,16 @@ def test_a_stopped_conversion_leaves_nothing(tmp_path, signal_name, workers):
     assert f"interrupted ({signal_name}); nothing was written under {out}" in result.stderr
     assert "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tsv"]
+
+
+def test_a_killed_runs_temporary_store_is_named_and_left_alone(tmp_path, capsys):
+    from interbert.cli import main
+
+    tsv = tmp_path / "a.tsv"
+    tsv.write_text(tsv_row(make_record("1")))
+    stale = tmp_path / "store.tmp-999999999"  # no such process
+    stale.mkdir()
+    (stale / "data.mdb").write_bytes(b"half")
+    assert main(["data", "convert-tsv", "--out", str(tmp_path / "store"), str(tsv)]) == 0
+    assert f"note: {stale} is left from an earlier run of this conversion that was killed" in capsys.readouterr().err
+    assert (stale / "data.mdb").read_bytes() == b"half"

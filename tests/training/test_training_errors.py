@@ -67,6 +67,12 @@ def test_no_vocabulary_names_the_flags_that_give_one(args, capsys, tmp_path):
                                  "--init-bert DIR or --init-model DIR holding vocab.txt")
 
 
+def test_a_folder_that_is_not_a_feature_store(args, capsys, tmp_path):
+    (tmp_path / "photos").mkdir()
+    _fails_with(_replace(args, "--features", str(tmp_path / "photos")), capsys,
+                f"feature store {tmp_path / 'photos'}: no LMDB environment there")
+
+
 def test_missing_deepspeed_config(args, capsys, tmp_path):
     _fails_with(_replace(args, "--deepspeed_config", str(tmp_path / "none.json")), capsys,
                 "--deepspeed_config", "none.json", "no such file")
