@@ -156,7 +156,10 @@ def convert_captions(fmt: str, inputs: Iterable, out: str | os.PathLike, split: 
 
     def entries():
         for where, entry in read_captions(fmt, inputs, split, id_rule):
-            entry["caption"] = " ".join(str(entry["caption"]).split())
+            text = entry["caption"]
+            if text is not None and not isinstance(text, str):
+                raise CaptionFormatError(f"{where}: the caption of image {entry['image_id']!r} is {text!r}, not text")
+            entry["caption"] = " ".join((text or "").split())  # null counts as an empty caption
             if not entry["caption"]:
                 if strict:
                     raise CaptionFormatError(f"{where}: empty caption for image {entry['image_id']!r} (without "

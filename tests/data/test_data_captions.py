@@ -108,3 +108,14 @@ def test_an_existing_manifest_is_replaced_only_with_overwrite(tmp_path, capsys):
     assert out.read_text() == "my own manifest\n"
     assert main(["data", "captions", "--format", "coco", "--out", str(out), "--overwrite", str(source)]) == 0
     assert _lines(out) == [{"image_id": "7", "caption": "a cat", "split": "val", "source": "coco"}]
+
+
+def test_a_null_caption_is_an_empty_caption_not_the_word_none(tmp_path):
+    source = tmp_path / "captions_train2014.json"
+    source.write_text(json.dumps({"images": [{"id": 1}], "annotations": [
+        {"image_id": 1, "id": 1, "caption": None}, {"image_id": 1, "id": 2, "caption": "a dog"}]}))
+    count, skipped, _ = convert_captions("coco", [source], tmp_path / "out.jsonl")
+    assert count == 1 and skipped == {"empty caption": 1}
+    assert [e["caption"] for e in _lines(tmp_path / "out.jsonl")] == ["a dog"]
+    with pytest.raises(CaptionFormatError, match="empty caption for image '1'"):
+        convert_captions("coco", [source], tmp_path / "strict.jsonl", strict=True)
