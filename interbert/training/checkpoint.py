@@ -81,6 +81,22 @@ def save(engine, directory: Path, *, step: int, epoch: int, sampler_state: dict,
     return directory / tag
 
 
+MODEL_STATES = "mp_rank_00_model_states.pt"
+
+
+def check_latest(directory: Path) -> None:
+    """The checkpoint `latest` names exists and holds its model states; otherwise a message naming
+    it and the newest complete one to resume from instead."""
+    tag = (directory / "latest").read_text().strip()
+    if (directory / tag / MODEL_STATES).is_file():
+        return
+    state = "does not exist" if not (directory / tag).is_dir() else f"is incomplete (no {MODEL_STATES})"
+    earlier = [path for _, path in list_checkpoints(directory) if (path / MODEL_STATES).is_file() and path.name != tag]
+    hint = (f"to resume from the newest complete one, write its name into the latest file: echo {earlier[-1].name} "
+            f"> {directory / 'latest'}" if earlier else "there is no complete checkpoint to resume from")
+    raise FileNotFoundError(f"--resume: {directory / 'latest'} names {tag}, which {state}; {hint}")
+
+
 def load(engine, directory: Path, rank: int) -> dict:
     """Load the newest checkpoint (as named by `latest`) into `engine`; returns this rank's
     client state: step, epoch, sampler state, RNG state (already restored)."""
@@ -89,6 +105,7 @@ def load(engine, directory: Path, rank: int) -> dict:
         raise FileNotFoundError(
             f"--resume: {latest} does not exist, so there is no checkpoint to resume from in "
             f"{directory}; start without --resume, or point --output-dir at the earlier run")
+    check_latest(directory)
     load_checkpoints_safely(engine)  # weights-only unpickling: a checkpoint must not run code
     path, client_state = engine.load_checkpoint(str(directory), load_optimizer_states=True,
                                                 load_lr_scheduler_states=True)

@@ -1,6 +1,7 @@
 """--resume reads DeepSpeed's checkpoint files with the weights-only unpickler: a checkpoint file
 that carries code (a pickled object whose reduction calls os.system) stops the run with one line
-naming the file, and the code never runs."""
+naming the file, and the code never runs. A `latest` that names a missing or half-written
+checkpoint is one line naming the complete one to resume from instead."""
 from __future__ import annotations
 
 import os
@@ -45,3 +46,23 @@ def test_a_checkpoint_that_carries_code_is_refused_and_never_runs(corpus, tmp_pa
     error = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(error) == 1 and f"{model_states}: refused to load" in error[0] and "posix.system" in error[0]
     assert not marker.exists()
+
+
+def test_latest_naming_a_half_written_checkpoint_names_the_previous_one(corpus, tmp_path):
+    config = write_ds_config(tmp_path / "ds.json", micro=8, world=1)
+    output = tmp_path / "run"
+    common = ("--validation-split", "", "--eval-images", "0", "--save-every", "1")
+    assert run(pretrain_args(corpus, config, output, *common, "--max-steps", "2")).returncode == 0
+    checkpoints = output / "checkpoints"
+    (checkpoints / "global_step2" / "mp_rank_00_model_states.pt").unlink()  # killed while saving
+
+    result = run(pretrain_args(corpus, config, output, *common, "--max-steps", "3", "--resume"))
+    assert result.returncode == 2, explain(result)
+    error = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(error) == 1 and "names global_step2, which is incomplete" in error[0]
+    assert f"echo global_step1 > {checkpoints / 'latest'}" in error[0]
+
+    (checkpoints / "latest").write_text("global_step1")
+    result = run(pretrain_args(corpus, config, output, *common, "--max-steps", "3", "--resume"))
+    assert result.returncode == 0, explain(result)
+    assert "resumed from" in result.stdout and "at step 1" in result.stdout
