@@ -22,8 +22,8 @@ from pathlib import Path
 def run_retrieval(args: argparse.Namespace) -> int:
     import torch
 
-    from interbert.data.pretraining_dataset import DatasetError
     from interbert.data.tokenization import find_vocab
+    from interbert.errors import UserError
     from interbert.evaluation.metrics import format_table
     from interbert.evaluation.retrieval import build_retrieval_corpus
     from interbert.evaluation.full_retrieval import evaluate_full_retrieval
@@ -49,7 +49,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
         vocab = find_vocab(args.vocab, {"--model": args.model})
         corpus = build_retrieval_corpus(args.features, [args.captions], vocab, args.split,
                                         args.images, args.max_text_len, args.max_regions)
-    except (DatasetError, ValueError, FileNotFoundError) as error:
+    except (UserError, ValueError, FileNotFoundError) as error:
         print(f"interbert evaluate retrieval: {error}", file=sys.stderr)
         return 2
     if args.threads:

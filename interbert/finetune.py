@@ -29,13 +29,9 @@ from pathlib import Path  # noqa: E402
 
 from interbert.config import PRESETS, InterBertConfig  # noqa: E402
 from interbert.data.tokenization import VOCAB_NAME, find_vocab  # noqa: E402
+from interbert.errors import UsageError, run_reporting_user_errors  # noqa: E402
 from interbert.training.precision import PRECISIONS  # noqa: E402
 
-EXIT_USAGE = 2
-
-
-class UsageError(ValueError):
-    """A flag, file or config problem found before training starts."""
 
 
 def build_parser(prog: str = "interbert/finetune.py") -> argparse.ArgumentParser:
@@ -294,23 +290,8 @@ def main(argv: list[str] | None = None, prog: str = "interbert/finetune.py") -> 
 
 
 def run_with_errors(args, prog: str) -> int:
-    from interbert.data.feature_store import FeatureStoreError
-    from interbert.data.manifests import ManifestError
-    from interbert.data.pretraining_dataset import DatasetError
-    from interbert.finetuning.glue import GlueFormatError
-    from interbert.finetuning.settings import SettingsError
-    from interbert.finetuning.tasks import TaskInputError
-    from interbert.finetuning.vcr import VcrFormatError
-    from interbert.training.ds_config import ConfigError
-    from interbert.training.precision import PrecisionError
-    from interbert.training.safe_load import UnsafeCheckpointError
-
-    try:
-        return run(args)
-    except (UsageError, ConfigError, PrecisionError, SettingsError, TaskInputError, DatasetError, ManifestError,
-            GlueFormatError, VcrFormatError, UnsafeCheckpointError, FeatureStoreError, FileNotFoundError) as error:
-        print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
-        return EXIT_USAGE
+    """``run(args)``; a user's mistake is one line on stderr and exit status 2."""
+    return run_reporting_user_errors(run, args, prog)
 
 
 if __name__ == "__main__":

@@ -33,13 +33,9 @@ import torch  # noqa: E402
 
 from interbert.config import PRESETS, InterBertConfig  # noqa: E402
 from interbert.data.tokenization import VOCAB_NAME, find_vocab  # noqa: E402
+from interbert.errors import UsageError, run_reporting_user_errors  # noqa: E402
 from interbert.training.precision import PRECISIONS  # noqa: E402
 
-EXIT_USAGE = 2
-
-
-class UsageError(ValueError):
-    """A flag, file or config problem found before training starts."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -346,20 +342,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_with_errors(args: argparse.Namespace, prog: str) -> int:
     """``run(args)``; a user's mistake is one line on stderr and exit status 2."""
-    from interbert.data.feature_store import FeatureStoreError
-    from interbert.data.pretraining_dataset import DatasetError
-    from interbert.data.tokenization import VocabularyError
-    from interbert.training.safe_load import UnsafeCheckpointError
-    from interbert.training.corpus import CorpusError
-    from interbert.training.ds_config import ConfigError
-    from interbert.training.precision import PrecisionError
-
-    try:
-        return run(args)
-    except (UsageError, ConfigError, PrecisionError, CorpusError, DatasetError, FeatureStoreError,
-            VocabularyError, UnsafeCheckpointError, FileNotFoundError) as error:
-        print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
-        return EXIT_USAGE
+    return run_reporting_user_errors(run, args, prog)
 
 
 if __name__ == "__main__":

@@ -28,12 +28,13 @@ from typing import Iterable, Iterator, Optional
 from urllib.parse import urlparse
 
 from interbert.data.manifests import write_manifest
+from interbert.errors import UserError
 
 FORMATS = ("coco", "cc", "sbu", "flickr30k")
 ID_RULES = ("index", "url-stem", "url-sha1")
 
 
-class CaptionFormatError(ValueError):
+class CaptionFormatError(UserError, ValueError):
     """A caption file does not have the expected layout; the message names the file and line."""
 
 

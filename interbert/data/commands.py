@@ -9,7 +9,7 @@ import argparse
 import signal
 import sys
 
-from interbert.data.feature_store import FeatureStoreError
+from interbert.errors import UserError
 
 
 def report_conversion(result, out: str) -> int:
@@ -110,15 +110,10 @@ def guarded(func):
     scheduler's stop, ``kill``) interrupts like Ctrl-C: the store being written is removed (it
     was only ever under ``OUT.tmp-<pid>``), and the exit status is 130."""
     def run(args: argparse.Namespace) -> int:
-        from interbert.data.captions import CaptionFormatError
-        from interbert.data.detections import ConversionError
-        from interbert.data.manifests import ManifestError
-
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             return func(args)
-        except (FeatureStoreError, ConversionError, CaptionFormatError, ManifestError, FileExistsError,
-                FileNotFoundError, ValueError) as error:
+        except (UserError, FileExistsError, FileNotFoundError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
         except KeyboardInterrupt as stop:

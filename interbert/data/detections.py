@@ -21,9 +21,10 @@ from typing import Optional
 import numpy as np
 
 from interbert.data.record_format import RegionRecord
+from interbert.errors import UserError
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """Detector output cannot be converted; the message names the file, line or key and the image."""
 
 

@@ -31,6 +31,7 @@ import xxhash
 
 from interbert.data.record_format import (CHECKSUM, FORMAT_VERSION, LEGACY_VERSION, RecordFormatError,
                                           RegionRecord, decode_record)
+from interbert.errors import UserError
 
 METADATA_KEY = b"__interbert_metadata__"
 SHARDED_METADATA_FILE = "store.json"
@@ -48,7 +49,7 @@ def shard_of(image_id: str, shards: int) -> int:
     return xxhash.xxh3_64_intdigest(image_id.encode("utf-8")) % shards if shards > 1 else 0
 
 
-class FeatureStoreError(Exception):
+class FeatureStoreError(UserError):
     """A feature store is missing, unreadable or holds a bad record; the message says where."""
 
 

@@ -6,10 +6,12 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from interbert.errors import UserError
+
 MANIFEST_KEYS = ("image_id", "caption", "split", "source")
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A manifest line is malformed; the message names the file and line."""
 
 

@@ -32,12 +32,13 @@ from interbert.data.msm import replace_masked, segment_mask, token_mask
 from interbert.data.regions import batch_tensor, fill_global_token, pack_regions
 from interbert.data.tokenization import (SPECIAL_WORD, TokenizedCaptions, load_tokenizer, random_token_pool,
                                          tokenize_captions)
+from interbert.errors import UserError
 
 logger = logging.getLogger("interbert.data")
 
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """The pretraining corpus cannot be built; the message names the file and line."""
 
 

@@ -14,13 +14,15 @@ from typing import Sequence
 
 import numpy as np
 
+from interbert.errors import UserError
+
 SPECIAL_WORD = -1  # word index of [CLS] and [SEP]
 
 
 VOCAB_NAME = "vocab.txt"
 
 
-class VocabularyError(FileNotFoundError):
+class VocabularyError(UserError, FileNotFoundError):
     """No vocabulary was given or found; the message names the flags that give one."""
 
 

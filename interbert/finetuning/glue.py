@@ -18,12 +18,13 @@ from typing import Optional
 import numpy as np
 import torch
 
+from interbert.errors import UserError
 from interbert.finetuning.metrics import glue_metrics
 
 csv.field_size_limit(sys.maxsize)
 
 
-class GlueFormatError(ValueError):
+class GlueFormatError(UserError, ValueError):
     """A GLUE TSV file does not have the expected layout; the message names the file and line."""
 
 

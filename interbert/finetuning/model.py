@@ -27,11 +27,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from interbert.modeling import INPUT_KEYS, InterBertForPretraining
 from interbert.modeling.backbone import init_weights
+from interbert.modeling.checkpoint_files import load_safetensors
 from interbert.modeling.heads import ITM_MATCHED
 from interbert.modeling.release import TASK_HEADS_NAME
 
@@ -200,7 +201,7 @@ class InterBertForFinetuning(nn.Module):
             task = task or saved_task
             model = cls(pretraining, task)
             if model.head is not None:
-                model.head.load_state_dict(load_file(str(directory / HEAD_FILE)), strict=True)
+                model.head.load_state_dict(load_safetensors(directory / HEAD_FILE), strict=True)
                 model.head_source = f"the fine-tuned head in {directory / HEAD_FILE}"
             return model.eval()
         if task is None:
@@ -212,7 +213,7 @@ class InterBertForFinetuning(nn.Module):
 
     def _load_release_choice_head(self, path: Path) -> str:
         """Copy the release's `vil_logit` into the choice head; says what was done."""
-        heads = load_file(str(path))
+        heads = load_safetensors(path)
         weights = {name: heads.get(f"vil_logit.{name}") for name in ("weight", "bias")}
         if any(value is None for value in weights.values()):
             return f"a new head ({path} holds no vil_logit)"

@@ -14,10 +14,12 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
+from interbert.errors import UserError
+
 SECTION = "finetune"
 
 
-class SettingsError(ValueError):
+class SettingsError(UserError, ValueError):
     pass
 
 

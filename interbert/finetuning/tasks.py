@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from interbert.errors import UserError
 from interbert.evaluation.retrieval import to_device
 from interbert.finetuning import glue as glue_data
 from interbert.finetuning.batching import collate_choices, collate_text
@@ -24,7 +25,7 @@ from interbert.training.distributed import all_gather_objects
 DEFAULT_TEXT_LENGTH = {"flickr30k": 36, "vcr": 64, "glue": 128}
 
 
-class TaskInputError(ValueError):
+class TaskInputError(UserError, ValueError):
     """A task's data flags or files are missing or wrong."""
 
 

@@ -24,6 +24,7 @@ import torch
 
 from interbert.data.feature_store import FeatureStore
 from interbert.data.regions import fill_global_token, image_inputs, region_locations
+from interbert.errors import UserError
 
 CHOICES = 4
 REQUIRED = ("question", "answer_choices", "rationale_choices", "objects", "img_fn")
@@ -32,7 +33,7 @@ NEUTRAL_NAMES = ("Casey", "Riley", "Jessie", "Jackie", "Avery", "Jaime", "Peyton
                  "Ashley", "Carter", "Adrian", "Clarke", "Logan", "Mickey", "Nicky", "Parker", "Tyler", "Reese")
 
 
-class VcrFormatError(ValueError):
+class VcrFormatError(UserError, ValueError):
     """A VCR annotation line is malformed; the message names the file and line."""
 
 

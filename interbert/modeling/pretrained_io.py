@@ -8,9 +8,10 @@ import logging
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from interbert.config import InterBertConfig
+from interbert.modeling.checkpoint_files import load_safetensors
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -64,7 +65,7 @@ class PretrainedModelMixin:
                 )
         config = InterBertConfig.from_json_file(directory / CONFIG_NAME)
         model = cls(config)
-        tensors = cls.adapt_checkpoint_keys(load_file(str(directory / WEIGHTS_NAME), device=map_location))
+        tensors = cls.adapt_checkpoint_keys(load_safetensors(directory / WEIGHTS_NAME, device=map_location))
         expected = model.state_dict()
         missing = set(expected) - set(tensors)
         unexpected = set(tensors) - set(expected)

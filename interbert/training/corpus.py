@@ -9,9 +9,10 @@ from pathlib import Path
 from interbert.config import InterBertConfig
 from interbert.data.loader import PretrainingLoader, build_pretraining_loader
 from interbert.data.pretraining_dataset import PretrainingDataset, PretrainingTasks
+from interbert.errors import UserError
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError, ValueError):
     pass
 
 

@@ -7,10 +7,12 @@ import json
 import math
 from pathlib import Path
 
+from interbert.errors import UserError
+
 BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     pass
 
 

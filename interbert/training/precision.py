@@ -11,11 +11,13 @@ from dataclasses import dataclass
 
 import torch
 
+from interbert.errors import UserError
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class PrecisionError(ValueError):
+class PrecisionError(UserError, ValueError):
     pass
 
 

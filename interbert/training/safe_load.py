@@ -18,13 +18,15 @@ import pickle
 import numpy as np
 import torch
 
+from interbert.errors import UserError
+
 try:  # numpy >= 2
     from numpy._core import multiarray as _multiarray
 except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core import multiarray as _multiarray
 
 
-class UnsafeCheckpointError(RuntimeError):
+class UnsafeCheckpointError(UserError, RuntimeError):
     """A checkpoint file holds something other than weights, optimizer state and plain data."""
 
 

@@ -81,3 +81,16 @@ def test_paper_base_has_twelve_interaction_layers_more_than_release(capsys):
     assert paper["interaction"] == 2 * paper["text_extraction"]
     assert paper["total"] - 157_021_565 == paper["text_extraction"]  # 6 more layers
     assert release.interaction.num_layers == 6
+
+
+def test_a_truncated_weights_file_is_named_not_a_traceback(tmp_path, small_config, capsys):
+    from interbert.modeling.checkpoint_files import ModelFileError
+
+    InterBertForPretraining(small_config).save_pretrained(tmp_path / "model")
+    weights = tmp_path / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a copy cut short
+    with pytest.raises(ModelFileError, match=r"model\.safetensors: not a readable safetensors file .* truncated"):
+        InterBertForPretraining.from_pretrained(tmp_path / "model")
+    assert main(["evaluate", "retrieval", "--model", str(tmp_path / "model"), "--features", str(tmp_path),
+                 "--captions", str(weights)]) == 2
+    assert "not a readable safetensors file" in capsys.readouterr().err

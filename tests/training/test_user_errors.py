@@ -1,0 +1,46 @@
+"""One error hierarchy for a user's mistakes: every error class the project raises for a bad
+flag, file, config or data derives from interbert.errors.UserError, which each command reports as
+one line with exit status 2 (tests/*/test_*errors* and the command tests check the lines)."""
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from interbert.errors import UserError
+
+USER_ERRORS = [
+    "interbert.errors.UsageError",
+    "interbert.training.ds_config.ConfigError",
+    "interbert.training.monitor.MonitorSetupError",
+    "interbert.training.precision.PrecisionError",
+    "interbert.training.corpus.CorpusError",
+    "interbert.training.safe_load.UnsafeCheckpointError",
+    "interbert.finetuning.glue.GlueFormatError",
+    "interbert.finetuning.settings.SettingsError",
+    "interbert.finetuning.vcr.VcrFormatError",
+    "interbert.finetuning.tasks.TaskInputError",
+    "interbert.data.pretraining_dataset.DatasetError",
+    "interbert.data.manifests.ManifestError",
+    "interbert.data.detections.ConversionError",
+    "interbert.data.captions.CaptionFormatError",
+    "interbert.data.tokenization.VocabularyError",
+    "interbert.data.feature_store.FeatureStoreError",
+    "interbert.data.feature_store.MissingImageError",
+    "interbert.data.feature_store.CorruptRecordError",
+    "interbert.data.feature_store.LegacyStoreError",
+    "interbert.modeling.checkpoint_files.ModelFileError",
+]
+
+
+@pytest.mark.parametrize("name", USER_ERRORS)
+def test_every_users_mistake_is_a_user_error(name):
+    module, _, cls = name.rpartition(".")
+    assert issubclass(getattr(importlib.import_module(module), cls), UserError)
+
+
+def test_the_entry_points_report_user_errors_one_way():
+    import interbert.finetune
+    import interbert.pretrain
+
+    assert interbert.pretrain.UsageError is interbert.finetune.UsageError  # one class, not one per entry point
