@@ -146,9 +146,10 @@ def read_captions(fmt: str, inputs: list, split: Optional[str] = None, id_rule: 
 
 
 def convert_captions(fmt: str, inputs: Iterable, out: str | os.PathLike, split: Optional[str] = None,
-                     id_rule: str = "index", strict: bool = False, overwrite: bool = False) -> tuple:
+                     id_rule: str = "index", strict: bool = False, overwrite: bool = False,
+                     splits: Optional[Counter] = None) -> tuple:
     """Write the manifest ``out`` (an existing one only with ``overwrite``); returns ``(lines
-    written, skipped Counter, first skipped places)``."""
+    written, skipped Counter, first skipped places)``; ``splits`` counts the lines written per split."""
     if os.path.lexists(out) and not overwrite:
         raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite to replace it")
     inputs = [str(p) for p in inputs]
@@ -170,6 +171,8 @@ def convert_captions(fmt: str, inputs: Iterable, out: str | os.PathLike, split: 
                     examples.append(where)
                 continue
             entry["source"] = fmt
+            if splits is not None:
+                splits[entry["split"]] += 1
             yield entry
 
     try:

@@ -59,11 +59,19 @@ def run_convert_npz(args: argparse.Namespace) -> int:
 
 
 def run_captions(args: argparse.Namespace) -> int:
-    from interbert.data.captions import convert_captions
+    from collections import Counter
 
+    from interbert.data.captions import convert_captions
+    from interbert.data.manifests import unknown_splits_note
+
+    splits: Counter = Counter()
     count, skipped, examples = convert_captions(args.format, args.input, args.out, split=args.split,
-                                                id_rule=args.id_rule, strict=args.strict, overwrite=args.overwrite)
-    print(f"wrote {args.out}: {count} captions")
+                                                id_rule=args.id_rule, strict=args.strict, overwrite=args.overwrite,
+                                                splits=splits)
+    print(f"wrote {args.out}: {count} captions ({', '.join(f'{name} {n}' for name, n in sorted(splits.items()))})")
+    note = unknown_splits_note(splits)
+    if note:
+        print(f"note: {note}")
     for problem, n in skipped.items():
         print(f"skipped {n} lines ({problem}); first: {'; '.join(examples)} (--strict makes this an error)")
     return 0

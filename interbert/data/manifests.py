@@ -9,6 +9,19 @@ from typing import Iterable, Iterator
 from interbert.errors import UserError
 
 MANIFEST_KEYS = ("image_id", "caption", "split", "source")
+# Split names the commands know (Karpathy's Flickr30K and COCO files add restval: extra training
+# images). Lines of another split are counted and named, so that a misspelt split is never lost silently.
+KNOWN_SPLITS = ("train", "val", "test", "restval")
+
+
+def unknown_splits_note(counts: dict) -> str:
+    """A note naming the split names of ``counts`` (split → lines) that are not KNOWN_SPLITS, or ''."""
+    unknown = {name: n for name, n in sorted(counts.items()) if name not in KNOWN_SPLITS}
+    if not unknown:
+        return ""
+    listed = ", ".join(f"{name!r} ({n} lines)" for name, n in unknown.items())
+    return (f"splits {listed} are not one of {', '.join(KNOWN_SPLITS)}: a misspelt split's lines are never "
+            "trained on or evaluated; rename them, or name that split explicitly")
 
 
 class ManifestError(UserError, ValueError):

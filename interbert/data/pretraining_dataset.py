@@ -26,7 +26,7 @@ from interbert.batch_contract import BATCH_KEYS, IGNORE_INDEX, PAD_ID
 from interbert.data.batch_ring import ALIGNMENT, BatchRing
 from interbert.data.feature_store import CorruptRecordError, FeatureStore
 from interbert.data.itm import CaptionsByImage, draw_itm_captions
-from interbert.data.manifests import ManifestError, read_manifest
+from interbert.data.manifests import ManifestError, read_manifest, unknown_splits_note
 from interbert.data.mrm import mask_regions_mom, mask_regions_mrm
 from interbert.data.msm import replace_masked, segment_mask, token_mask
 from interbert.data.regions import batch_tensor, fill_global_token, pack_regions
@@ -77,15 +77,19 @@ def _as_list(paths) -> list:
     return [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
 
 
-def read_caption_pairs(manifests: Iterable, split: Optional[str], strict: bool, skipped: Counter) -> list:
+def read_caption_pairs(manifests: Iterable, split: Optional[str], strict: bool, skipped: Counter,
+                       other_splits: Optional[Counter] = None) -> list:
     """``(image_id, caption, "file:line")`` for every usable manifest line of ``split`` (None = all).
 
-    Empty captions are counted in ``skipped`` (an error when ``strict``).
+    Empty captions are counted in ``skipped`` (an error when ``strict``); lines of other splits in
+    ``other_splits`` (split name → lines).
     """
     pairs = []
     for path in manifests:
         for line_number, entry in read_manifest(path):
             if split is not None and entry.get("split") != split:
+                if other_splits is not None:
+                    other_splits[str(entry.get("split"))] += 1
                 continue
             caption = str(entry["caption"]).strip()
             if not caption:
@@ -203,7 +207,8 @@ class PretrainingDataset(torch.utils.data.Dataset):
                                "mrm_soft_labels cannot be produced; use class targets or rebuild the store "
                                "from detector output with cls_prob")
         try:
-            pairs = read_caption_pairs(_as_list(manifests), split, strict, self.skipped)
+            self.other_splits: Counter = Counter()
+            pairs = read_caption_pairs(_as_list(manifests), split, strict, self.skipped, self.other_splits)
         except ManifestError as error:
             raise DatasetError(str(error)) from None
         pairs = self._drop_missing_images(pairs, strict)
@@ -255,6 +260,9 @@ class PretrainingDataset(torch.utils.data.Dataset):
                     dict(self.skipped) or "none")
         if self.skipped:
             logger.warning("skipped manifest lines: %s (strict=True makes these errors)", dict(self.skipped))
+        note = unknown_splits_note(self.other_splits)
+        if note:
+            logger.warning("manifest lines not used: %s", note)
 
     def __len__(self) -> int:
         return len(self.caption_image)

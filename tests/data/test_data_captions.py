@@ -119,3 +119,17 @@ def test_a_null_caption_is_an_empty_caption_not_the_word_none(tmp_path):
     assert [e["caption"] for e in _lines(tmp_path / "out.jsonl")] == ["a dog"]
     with pytest.raises(CaptionFormatError, match="empty caption for image '1'"):
         convert_captions("coco", [source], tmp_path / "strict.jsonl", strict=True)
+
+
+def test_split_names_outside_train_val_test_restval_are_named(tmp_path, capsys):
+    from interbert.cli import main
+
+    source = tmp_path / "dataset_flickr30k.json"
+    source.write_text(json.dumps({"images": [
+        {"filename": "1.jpg", "split": "train", "sentences": [{"raw": "A man."}]},
+        {"filename": "2.jpg", "split": "restval", "sentences": [{"raw": "A cat."}]},
+        {"filename": "3.jpg", "split": "Train", "sentences": [{"raw": "A dog."}, {"raw": "Dogs."}]}]}))
+    assert main(["data", "captions", "--format", "flickr30k", "--out", str(tmp_path / "f.jsonl"), str(source)]) == 0
+    out = capsys.readouterr().out
+    assert "4 captions (Train 2, restval 1, train 1)" in out
+    assert "note: splits 'Train' (2 lines) are not one of train, val, test, restval" in out

@@ -153,3 +153,14 @@ def test_mismatched_pairs_can_be_left_unmasked(synth_corpus, vocab_file):
     sample = dataset[0]
     assert sample["itm_labels"] == 0
     assert (sample["msm_labels"] == -100).all() and (sample["mrm_labels"] == -100).all()
+
+
+def test_lines_of_a_misspelt_split_are_counted_and_named(tmp_path, vocab_file, caplog):
+    import logging
+
+    store, manifest = corpus(tmp_path, [make_record("a"), make_record("b")],
+                             [entry("a", "a dog"), entry("b", "a cat"), entry("b", "a cat again", split="trian")])
+    with caplog.at_level(logging.WARNING, logger="interbert.data"):
+        dataset = PretrainingDataset(store, manifest, vocab_file)
+    assert len(dataset) == 2 and dataset.other_splits == {"trian": 1}
+    assert "manifest lines not used: splits 'trian' (1 lines) are not one of train, val, test, restval" in caplog.text
