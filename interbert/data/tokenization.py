@@ -50,7 +50,7 @@ def find_vocab(vocab: str | None, directories: dict) -> str:
             return os.path.join(directory, VOCAB_NAME)
     where = " or ".join(f"{flag} DIR" for flag in directories)
     looked = "".join(f"; {flag} {d} has no {VOCAB_NAME}" for flag, d in directories.items() if d)
-    raise VocabularyError(f"no vocabulary: pass --vocab FILE (the bert-base-uncased vocab.txt)"
+    raise VocabularyError("no vocabulary: pass --vocab FILE (the bert-base-uncased vocab.txt)"
                           + (f", or {where} holding {VOCAB_NAME}" if where else "") + looked)
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pickle
 
-import numpy as np
 import pytest
 
 from peer_writers import (Poison, assert_one_error_line, assert_stored, detections, put_value,
