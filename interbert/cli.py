@@ -22,6 +22,7 @@ COMMAND_MODULES = {
     "evaluate": "interbert.evaluate",  # evaluate retrieval
     "finetune": "interbert.finetuning.commands",
     "pretrain": "interbert.training.commands",
+    "configs": "interbert.resources",
 }
 
 

@@ -17,9 +17,18 @@ class ConfigError(UserError, ValueError):
 
 
 def load_ds_config(path: str | Path) -> dict:
+    """The DeepSpeed config at ``path``; a path that does not exist but names a shipped config
+    (``pretrain_v100x8.json``, ``ds_configs/pretrain_v100x8.json`` from any folder) is read from
+    the shipped copy (``interbert configs``)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"--deepspeed_config {path}: no such file (the configs live in ds_configs/)")
+        from interbert.resources import find_shipped, shipped
+
+        found = find_shipped(str(path), "ds_configs")
+        if found is None:
+            raise ConfigError(f"--deepspeed_config {path}: no such file, and no shipped config of that name "
+                              f"({', '.join(shipped('ds_configs'))}; `interbert configs` lists them)")
+        path = found
     try:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as error:
