@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
     from interbert.training.corpus import check_paths
 
-    check_paths(args.features, args.captions, args.vocab)
+    check_paths(args.features, args.captions)
     args.vocab = find_vocab(args.vocab, {"--init-bert": args.init_bert, "--init-model": args.init_model})
     output_dir = Path(args.output_dir)
     checkpoint_dir = output_dir / "checkpoints"

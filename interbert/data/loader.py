@@ -48,13 +48,14 @@ class PretrainingLoader(torch.utils.data.DataLoader):
         super().__init__(*args, **kwargs)
         self._running: list = []  # (DataLoader iterator, ring) of the epoch in progress
         self._ring: Optional[BatchRing] = None
+        self._ring_failed = False  # shared memory too small for it: a segment per batch instead
         # At exit (or when the loader goes), end workers an error left waiting: they ignore the
         # SIGTERM with which multiprocessing's own exit handler would stop them.
         weakref.finalize(self, stop_workers, self._running)
 
     def _batch_ring(self) -> Optional[BatchRing]:
         """The workers' ring (made once per loader), or None: no workers, or too little shared memory."""
-        if self.num_workers == 0 or self._ring is False:
+        if self.num_workers == 0 or self._ring_failed:
             return None
         if self._ring is None:
             slots = (self.prefetch_factor or 2) + 2
@@ -65,7 +66,7 @@ class PretrainingLoader(torch.utils.data.DataLoader):
                 logger.warning("no shared memory for the data-loader workers' batch ring (%d MiB: %s); each batch "
                                "gets a segment of its own, which is slower (raise /dev/shm, e.g. docker "
                                "--shm-size)", self.num_workers * slots * slot_bytes >> 20, error)
-                self._ring = False
+                self._ring_failed = True
                 return None
         return self._ring
 

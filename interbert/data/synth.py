@@ -173,6 +173,9 @@ def synthesize_corpus(out_dir: str | os.PathLike, num_images: int, seed: int = 0
                    "object_labels": {w: i + 1 for i, w in enumerate(OBJECT_WORDS[:num_objects])}}
         (tmp / "corpus.json").write_text(json.dumps(summary, indent=1))
         if out_dir.exists():
+            if not overwrite:  # it appeared while this run was writing: never replaced without the flag
+                raise FileExistsError(f"{out_dir} appeared while this run was writing it (another process?); it "
+                                      "was left as it is: choose another --out or pass --overwrite")
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
     finally:

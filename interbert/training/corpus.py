@@ -22,7 +22,8 @@ class RunData:
     validation: PretrainingLoader | None
 
 
-def check_paths(features: str | None, captions: list[str] | None, vocab: str | None) -> None:
+def check_paths(features: str | None, captions: list[str] | None) -> None:
+    """--features and --captions exist (the vocabulary is checked by tokenization.find_vocab)."""
     if not features:
         raise CorpusError("--features is required: the feature store (an LMDB directory, e.g. "
                           "demo/features from `interbert data synth`)")
@@ -34,8 +35,6 @@ def check_paths(features: str | None, captions: list[str] | None, vocab: str | N
     for path in captions:
         if not Path(path).is_file():
             raise CorpusError(f"--captions {path}: no such file")
-    if vocab and not Path(vocab).is_file():
-        raise CorpusError(f"--vocab {vocab}: no such file (the bert-base-uncased vocab.txt)")
 
 
 def tasks_for(model_config: InterBertConfig, store_has_class_probs: bool) -> PretrainingTasks:
@@ -55,7 +54,7 @@ def build_run_data(*, features: str, captions: list[str], vocab: str | None,
                    validation_split: str | None, skip_corrupt: bool = False) -> RunData:
     """skip_corrupt: drop (count and log) samples whose record fails its checksum instead of
     stopping the run with the error that names the image (--skip-corrupt)."""
-    check_paths(features, captions, vocab)
+    check_paths(features, captions)
     train_set = PretrainingDataset(features, captions, vocab_file=vocab, split="train",
                                    max_text_len=max_text_len, max_regions=max_regions, seed=seed,
                                    tasks=tasks_for(model_config, _has_class_probs(features)),

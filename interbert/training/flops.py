@@ -9,7 +9,7 @@ and mixing). InterBERT has three stacks, each with its own T:
   image extraction  T = real regions
 Heads count 6 FLOP per weight per row they really see: region embeddings on every real
 region, poolers once per pair, the MSM head on masked words only, the MRM head on masked
-regions only. Padding is never counted (see ../shared/reference/anchors.md).
+regions only. Padding is never counted (docs/training.md, "FLOPs and MFU").
 """
 from __future__ import annotations
 

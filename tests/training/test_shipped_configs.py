@@ -3,6 +3,7 @@ the working directory: the wheel carries them under share/interbert/, `interbert
 them, and a --deepspeed_config that names one is read from there."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,9 +18,16 @@ from interbert.training.ds_config import ConfigError, load_ds_config
 
 def test_the_wheel_carries_every_config_and_hostfile(tmp_path):
     pytest.importorskip("setuptools")  # the build backend, used without isolation (no index needed)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path)], check=True, capture_output=True, timeout=300)
-    (wheel,) = tmp_path.glob("interbert-*.whl")
+    # pip builds a local directory in place (build/, *.egg-info): build a copy, not the checkout.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copyfile(REPO / name, source / name)
+    for name in ("interbert", *resources.KINDS):
+        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "dist")], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("interbert-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for kind in resources.KINDS:
         for path in (REPO / kind).iterdir():
