@@ -34,7 +34,7 @@ from interbert.modeling import InterBertForPretraining  # noqa: E402
 from interbert.modeling.layer_norm import layer_norm_implementation  # noqa: E402
 from interbert.modeling.parameters import count_parameters  # noqa: E402
 from interbert.training.flops import batch_flops, measured_matmul_peak, device_peak, sample_flops  # noqa: E402
-from interbert.training.optimizer import build_optimizer  # noqa: E402
+from interbert.training.optimizer import adapt_to_device, describe_optimizer, parameter_groups  # noqa: E402
 from interbert.training.precision import resolve_precision  # noqa: E402
 
 from memory_meter import SavedTensorMeter, model_state_bytes  # noqa: E402
@@ -97,8 +97,8 @@ def batch_source(args, config: InterBertConfig, micro: int):
 
 # ---------------------------------------------------------------------------- systems
 class Ours:
-    """InterBertForPretraining in the DeepSpeed engine (ZeRO, configured precision, the
-    fused optimizer chosen by interbert/training/optimizer.py)."""
+    """InterBertForPretraining in the DeepSpeed engine (ZeRO, configured precision, the optimizer
+    DeepSpeed builds from the config, as interbert/training/startup.py does)."""
 
     name = "interbert-ds"
 
@@ -114,10 +114,10 @@ class Ours:
         ds_config.pop("scheduler", None)
         self.precision = resolve_precision(precision, ds_config, device, str(ds_config_path))
         model = InterBertForPretraining(config)
-        choice = build_optimizer(model, ds_config, device, str(ds_config_path))
-        ds_config.pop("optimizer")
-        self.optimizer_name = choice.implementation
-        self.engine, *_ = deepspeed.initialize(model=model, optimizer=choice.optimizer, config=ds_config)
+        adapt_to_device(ds_config, device.type)
+        groups = parameter_groups(model, ds_config, str(ds_config_path))
+        self.engine, *_ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config)
+        self.optimizer_name = describe_optimizer(self.engine)
         self.module = self.engine.module
         self.wrapper = type(self.engine.optimizer).__name__
         self.allreduce_skipped = single_rank_allreduce == "skip" and skip_single_rank_allreduce(self.engine)
@@ -220,9 +220,16 @@ def ours_plain(config, ds_config_path, precision_name, device, accumulation=1) -
     """Our model and optimizer choice outside the engine: splits model + optimizer gains
     from what the engine's bookkeeping costs."""
     module = InterBertForPretraining(config)
-    choice = build_optimizer(module, json.loads(Path(ds_config_path).read_text()), device, str(ds_config_path))
-    return PlainTorch(OURS_PLAIN, module, choice.optimizer, choice.implementation, precision_name, device,
-                      accumulation)
+    ds_config = json.loads(Path(ds_config_path).read_text())
+    groups = parameter_groups(module, ds_config, str(ds_config_path))
+    hyper = {k: v for k, v in ds_config["optimizer"].get("params", {}).items() if k in ("lr", "betas", "eps")}
+    if device.type == "cuda":  # what DeepSpeed builds for AdamW there
+        from deepspeed.ops.adam import FusedAdam
+
+        optimizer, name = FusedAdam(groups, adam_w_mode=True, **hyper), "DeepSpeed FusedAdam (AdamW mode)"
+    else:
+        optimizer, name = torch.optim.AdamW(groups, **hyper), "torch.optim.AdamW"
+    return PlainTorch(OURS_PLAIN, module, optimizer, name, precision_name, device, accumulation)
 
 
 # ---------------------------------------------------------------------------- measurement

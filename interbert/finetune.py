@@ -22,13 +22,12 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(_here))
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
-import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-
 from interbert.config import PRESETS, InterBertConfig  # noqa: E402
-from interbert.data.tokenization import VOCAB_NAME, find_vocab  # noqa: E402
+from interbert.data.tokenization import find_vocab  # noqa: E402
 from interbert.errors import UsageError, run_reporting_user_errors  # noqa: E402
 from interbert.training.precision import PRECISIONS  # noqa: E402
 
@@ -96,11 +95,9 @@ def check_args(args) -> None:
         value = getattr(args, flag)
         if value and not Path(value).exists():
             raise UsageError(f"--{flag.replace('_', '-')} {value}: no such file or directory")
-    for flag in ("max_steps", "log_every", "eval_batch_size"):
-        value = getattr(args, flag)
-        if value is not None and value <= 0:
-            raise UsageError(f"--{flag.replace('_', '-')} must be positive, got {value}")
-    for flag in ("save_every", "keep_last", "eval_every", "num_workers", "eval_images", "pair_batch", "two_stage_k"):
+    if args.eval_batch_size <= 0:
+        raise UsageError(f"--eval-batch-size must be positive, got {args.eval_batch_size}")
+    for flag in ("num_workers", "eval_images", "pair_batch", "two_stage_k"):
         if getattr(args, flag) < 0:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
 
@@ -124,163 +121,110 @@ def build_model(args, spec, say):
 
 
 def run(args) -> int:
-    from interbert.finetuning.settings import fill_schedule, split_settings
+    from interbert.finetuning.settings import TaskInputs, split_settings
     from interbert.finetuning.tasks import build_task
-    from interbert.pretrain import seed_everything, set_cpu_threads
     from interbert.training import ds_config as dsc
-    from interbert.training.distributed import discover_job, init_process_group, job_device
-    from interbert.training.precision import resolve_precision
+    from interbert.training import startup
 
     check_args(args)
     args.vocab = find_vocab(args.vocab, {"--init-model": args.init_model, "--init-bert": args.init_bert})
-    placement = discover_job(args.local_rank)
-
-    def say(message: str) -> None:
-        if placement.rank == 0:
-            print(f"[finetune] {message}", flush=True)
-
+    run_settings = startup.RunSettings.from_args(args)
     raw_config, settings = split_settings(dsc.load_ds_config(args.deepspeed_config), args.deepspeed_config)
     if settings.task and settings.task != args.task:
         raise UsageError(f"{args.deepspeed_config} is for task {settings.task!r} (finetune.task), not {args.task!r}")
-    ds_config = dsc.resolve_batch_sizes(raw_config, placement.world_size, args.deepspeed_config)
-    device = job_device(placement)
-    precision = resolve_precision(args.precision, ds_config, device, args.deepspeed_config)
-    output_dir = Path(args.output_dir)
-    checkpoint_dir = output_dir / "checkpoints"
-    if not args.eval_only:
-        if args.resume and not (checkpoint_dir / "latest").is_file():
-            raise UsageError(f"--resume: no checkpoint in {checkpoint_dir}; start without --resume")
-        if not args.resume and (checkpoint_dir / "latest").is_file():
-            raise UsageError(f"{checkpoint_dir} already holds checkpoints: pass --resume or choose another --output-dir")
-    task = build_task(args, settings)
-    env = init_process_group(placement, device)
-    set_cpu_threads(placement, device, say)
-    say(f"{env.world_size} rank(s) via {env.launcher}, device {device}; precision {precision.name} ({precision.reason})")
+    job = startup.prepare(run_settings, "finetune", raw_config, trains=not args.eval_only)
+    task = build_task(TaskInputs.from_args(args), settings)
+    startup.start(job)
     for note in task.notes:
-        say(note)
-    seed_everything(args.seed)
-    model = build_model(args, task.spec, say)
+        job.say(note)
+    startup.seed_everything(run_settings.seed)
+    model = build_model(args, task.spec, job.say)
     if args.eval_only:
-        return evaluate_only(args, model, task, env, precision, output_dir, say)
-
-    micro = ds_config["train_micro_batch_size_per_gpu"]
-    steps_per_epoch = max(len(task.train_set) // (micro * env.world_size) // ds_config["gradient_accumulation_steps"], 1)
-    epochs = args.epochs or settings.epochs
-    if args.max_steps:
-        max_steps = args.max_steps
-    elif epochs:
-        max_steps = max(1, round(epochs * steps_per_epoch))
-    elif dsc.scheduler_total_steps(ds_config):
-        max_steps = int(dsc.scheduler_total_steps(ds_config))
-    else:
-        raise UsageError(f"give --max-steps or --epochs ({args.deepspeed_config} sets neither finetune.epochs "
-                         "nor scheduler.params.total_num_steps)")
-    for note in fill_schedule(ds_config, max_steps, settings):
-        say(note)
-    return train(args, model, task, settings, env, ds_config, precision, max_steps, steps_per_epoch,
-                 output_dir, checkpoint_dir, say)
+        return evaluate_only(args, model, task, job)
+    return train(args, job, model, task, settings)
 
 
-def train(args, model, task, settings, env, ds_config, precision, max_steps, steps_per_epoch, output_dir,
-          checkpoint_dir, say) -> int:
-    import deepspeed
-
+def train(args, job, model, task, settings) -> int:
     from interbert.finetuning.batching import build_loader
     from interbert.finetuning.ema import ExponentialMovingAverage
-    from interbert.finetuning.trainer import FinetuneMonitor, FinetuneTrainer
-    from interbert.pretrain import seed_everything
-    from interbert.training import ds_config as dsc
+    from interbert.finetuning.objective import FinetuneObjective
+    from interbert.finetuning.settings import fill_schedule
+    from interbert.training import startup
     from interbert.training.corpus import ignore_stop_signals
-    from interbert.training.optimizer import build_optimizer
-    from interbert.training.trainer import Schedule
+    from interbert.training.distributed import barrier
+    from interbert.training.loop import Schedule, TrainingLoop
 
+    env, run, ds_config, precision, say = job.env, job.run, job.ds_config, job.precision, job.say
+    micro = ds_config["train_micro_batch_size_per_gpu"]
+    steps_per_epoch = max(len(task.train_set) // (micro * env.world_size) // ds_config["gradient_accumulation_steps"], 1)
+    max_steps = startup.plan_steps(run, ds_config, steps_per_epoch, settings.epochs, "finetune.epochs")
+    for note in fill_schedule(ds_config, max_steps, settings):
+        say(note)
     frozen = {name: p.detach().clone() for name, p in model.named_parameters() if not p.requires_grad}
     ema = ExponentialMovingAverage(model, settings.ema.rate, settings.ema.warmup) if settings.ema.enabled else None
-    choice = build_optimizer(model, ds_config, env.device, args.deepspeed_config)
-    say(f"optimizer: {choice.implementation}; {sum(p.numel() for p in model.parameters() if p.requires_grad):,} "
-        f"trainable parameters ({sum(t.numel() for t in frozen.values()):,} frozen: unused by {task.spec.name})")
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=choice.optimizer, config=dsc.for_engine(ds_config))
-    seed_everything(args.seed + env.rank)
-    loader = build_loader(task.train_set, task.collate, engine.train_micro_batch_size_per_gpu(), rank=env.rank,
-                          world_size=env.world_size, seed=args.seed, num_workers=args.num_workers,
-                          worker_init_fn=ignore_stop_signals)
+    say(f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters "
+        f"({sum(t.numel() for t in frozen.values()):,} frozen: unused by {task.spec.name})")
+    engine, optimizer = startup.build_engine(job, model)
+    loader = build_loader(task.train_set, task.collate, micro, rank=env.rank, world_size=env.world_size,
+                          seed=run.seed, num_workers=args.num_workers, worker_init_fn=ignore_stop_signals)
     miner = None
     if task.miner_factory is not None:
-        window = settings.hard_negatives.refresh_every * engine.train_micro_batch_size_per_gpu() * \
-            engine.gradient_accumulation_steps() + 2 * engine.train_micro_batch_size_per_gpu() * max(args.num_workers, 1)
+        window = settings.hard_negatives.refresh_every * micro * ds_config["gradient_accumulation_steps"] + \
+            2 * micro * max(args.num_workers, 1)
         miner = task.miner_factory(loader.sampler, env.device, precision.dtype, window)
         say(f"hard negatives: every {miner.refresh_every} steps, the next {window} captions of each rank "
             f"against pools of {miner.pool_size} images")
-    monitor = FinetuneMonitor(output_dir, enabled=env.is_main, tensorboard=dsc.tensorboard_enabled(ds_config),
-                              deepspeed_monitors=dsc.external_monitors(ds_config))
-    if env.is_main:
-        (output_dir / "run_config.json").write_text(json.dumps(
-            {"arguments": vars(args), "settings": _as_dict(settings), "deepspeed_config": ds_config,
-             "model_config": model.config.to_dict(), "task": _as_dict(task.spec), "max_steps": max_steps,
-             "steps_per_epoch": steps_per_epoch, "world_size": env.world_size, "precision": precision.name,
-             "optimizer": choice.implementation}, indent=2, default=str) + "\n")
-        monitor.text("run/config", "```\n" + json.dumps(_as_dict(settings), indent=2) + "\n```")
+    monitor = startup.make_monitor(job, "finetune")
+    startup.write_run_config(job, monitor, {
+        "arguments": vars(args), "settings": dataclasses.asdict(settings), "deepspeed_config": ds_config,
+        "model_config": model.config.to_dict(), "task": dataclasses.asdict(task.spec), "max_steps": max_steps,
+        "steps_per_epoch": steps_per_epoch, "world_size": env.world_size, "precision": precision.name,
+        "optimizer": optimizer})
     say(f"training {max_steps} steps ({steps_per_epoch} per epoch), global batch {ds_config['train_batch_size']}; "
         f"EMA {'rate ' + str(settings.ema.rate) if ema else 'off'}; TensorBoard: {monitor.tensorboard_dir}")
-    trainer = FinetuneTrainer(engine=engine, task=task, loader=loader, monitor=monitor, env=env, precision=precision,
-                              schedule=Schedule(max_steps, steps_per_epoch, args.log_every, args.save_every,
-                                                args.keep_last, args.eval_every),
-                              checkpoint_dir=checkpoint_dir, ema=ema, miner=miner)
-    if args.resume:
-        trainer.resume()
-    status = trainer.train()
-    if status == 0 and trainer.step >= max_steps:
-        results = trainer.evaluate() if not args.eval_every or trainer.step % args.eval_every else None
-        save_models(engine, model, frozen, ema, precision, checkpoint_dir, trainer.step, args.vocab, output_dir, env,
-                    say)
-        if env.is_main and results is not None:
-            (output_dir / "results.json").write_text(json.dumps({"step": trainer.step, **results}, indent=2) + "\n")
+    objective = FinetuneObjective(task, device=env.device, dtype=precision.dtype, ema=ema, miner=miner,
+                                  say=monitor.print)
+    loop = TrainingLoop(engine=engine, objective=objective, loader=loader, monitor=monitor, env=env,
+                        precision=precision, checkpoint_dir=run.checkpoint_dir,
+                        schedule=Schedule(max_steps, steps_per_epoch, run.log_every, run.save_every,
+                                          run.keep_last, run.eval_every))
+    status = startup.run_loop(loop, run.resume)
+    if status == 0 and loop.step >= max_steps:
+        results = loop.evaluate() if not run.eval_every or loop.step % run.eval_every else None
+        if env.is_main:
+            save_models(engine, job, model, frozen, ema, loop.step, args.vocab)
+            if results is not None:
+                (run.output_dir / "results.json").write_text(json.dumps({"step": loop.step, **results}, indent=2) + "\n")
+        barrier()
     monitor.close()
     return status
 
 
-def _as_dict(value) -> dict:
-    import dataclasses
+def save_models(engine, job, model, frozen, ema, step, vocab) -> None:
+    """model/ (raw fp32 weights) and, with EMA, model_ema/ beside it (rank 0)."""
+    from interbert.training import startup
 
-    return dataclasses.asdict(value)
-
-
-def save_models(engine, model, frozen, ema, precision, checkpoint_dir, step, vocab, output_dir, env, say) -> None:
-    """Rank 0 writes model/ (raw fp32 weights) and, with EMA, model_ema/ beside it."""
-    from interbert.training.checkpoint import tag_for
-    from interbert.training.distributed import barrier
-
-    if env.is_main:
-        module = engine.module
-        if precision.name != "fp32":
-            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-            state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag_for(step))
-            state = {**{k: v.float() for k, v in module.state_dict().items()}, **frozen, **state}
-            module = type(model)(type(model.pretraining)(model.config), model.task)
-            module.load_state_dict(state, strict=True)
-        module.save_pretrained(output_dir / "model")
-        shutil.copyfile(vocab, output_dir / "model" / VOCAB_NAME)
-        say(f"model saved: {output_dir / 'model'}")
-        if ema is not None:
-            with ema.swapped_in(module):
-                module.save_pretrained(output_dir / "model_ema")
-            shutil.copyfile(vocab, output_dir / "model_ema" / VOCAB_NAME)
-            say(f"EMA model saved: {output_dir / 'model_ema'} (rate {ema.rate}, {ema.updates} updates)")
-    barrier()
+    final = type(model)(type(model.pretraining)(model.config), model.task)
+    final.load_state_dict(startup.consolidated_weights(engine, job, step, keep=frozen), strict=True)
+    startup.write_model_directory(final, job.run.output_dir / "model", vocab, job.say)
+    if ema is not None:
+        with ema.swapped_in(final):
+            startup.write_model_directory(final, job.run.output_dir / "model_ema", vocab, job.say,
+                                          f"EMA model (rate {ema.rate}, {ema.updates} updates)")
 
 
-def evaluate_only(args, model, task, env, precision, output_dir, say) -> int:
+def evaluate_only(args, model, task, job) -> int:
+    env, precision = job.env, job.precision
     model = model.to(env.device)
     if precision.name != "fp32":
         model = model.to(precision.dtype)
     results = task.evaluate(model, env.device, precision.dtype)
-    say(f"{task.spec.name} evaluation of {args.init_model or 'a fresh model'}: "
-        + ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
+    job.say(f"{task.spec.name} evaluation of {args.init_model or 'a fresh model'}: "
+            + ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
     if env.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        say(f"results written to {output_dir / 'results.json'}")
+        job.run.output_dir.mkdir(parents=True, exist_ok=True)
+        (job.run.output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        job.say(f"results written to {job.run.output_dir / 'results.json'}")
     return 0
 
 

@@ -23,16 +23,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(_here))
 
 import argparse  # noqa: E402
-import json  # noqa: E402
-import random  # noqa: E402
-import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
 from interbert.config import PRESETS, InterBertConfig  # noqa: E402
-from interbert.data.tokenization import VOCAB_NAME, find_vocab  # noqa: E402
+from interbert.data.tokenization import find_vocab  # noqa: E402
 from interbert.errors import UsageError, run_reporting_user_errors  # noqa: E402
 from interbert.training.precision import PRECISIONS  # noqa: E402
 
@@ -112,13 +106,10 @@ def check_args(args: argparse.Namespace) -> None:
         value = getattr(args, flag)
         if value and not Path(value).is_dir():
             raise UsageError(f"--{flag.replace('_', '-')} {value}: no such directory")
-    for flag in ("max_steps", "max_text_len", "max_regions", "log_every"):
-        value = getattr(args, flag)
-        if value is not None and value <= 0:
-            raise UsageError(f"--{flag.replace('_', '-')} must be positive, got {value}")
-    if args.epochs is not None and args.epochs <= 0:
-        raise UsageError(f"--epochs must be positive, got {args.epochs}")
-    for flag in ("save_every", "keep_last", "eval_every", "num_workers", "eval_images"):
+    for flag in ("max_text_len", "max_regions"):
+        if getattr(args, flag) <= 0:
+            raise UsageError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    for flag in ("num_workers", "eval_images"):
         if getattr(args, flag) < 0:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
 
@@ -144,81 +135,39 @@ def build_model(args, model_config, say):
     return model
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def set_cpu_threads(placement, device, say) -> None:
-    """Share the cores between the ranks of this node unless OMP_NUM_THREADS says otherwise."""
-    if device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
-        return
-    threads = max(1, (os.cpu_count() or 1) // max(placement.local_size, 1))
-    torch.set_num_threads(threads)
-    say(f"CPU threads per rank: {threads} ({os.cpu_count()} cores, {placement.local_size} ranks here)")
-
-
 def run(args: argparse.Namespace) -> int:
-    from interbert.training import ds_config as dsc
-    from interbert.training.distributed import discover_job, init_process_group, job_device
-    from interbert.training.precision import resolve_precision
+    from interbert.training import startup
+    from interbert.training.corpus import check_paths
 
     check_args(args)
-    placement = discover_job(args.local_rank)
-    is_main = placement.rank == 0
-
-    def say(message: str) -> None:
-        if is_main:
-            print(f"[pretrain] {message}", flush=True)
-
-    # Everything that can be checked without the process group is checked first, on every
-    # rank alike, so a mistake fails at once instead of hanging a collective.
-    config_path = args.deepspeed_config
-    ds_config = dsc.resolve_batch_sizes(dsc.load_ds_config(config_path), placement.world_size,
-                                        config_path)
-    device = job_device(placement)
-    precision = resolve_precision(args.precision, ds_config, device, config_path)
+    job = startup.prepare(startup.RunSettings.from_args(args), "pretrain")
     try:
         model_config = model_config_from_args(args)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    from interbert.training.corpus import check_paths
-
     check_paths(args.features, args.captions)
     args.vocab = find_vocab(args.vocab, {"--init-bert": args.init_bert, "--init-model": args.init_model})
-    output_dir = Path(args.output_dir)
-    checkpoint_dir = output_dir / "checkpoints"
-    if args.resume and not (checkpoint_dir / "latest").is_file():
-        raise UsageError(f"--resume: no checkpoint in {checkpoint_dir} (no 'latest' file); "
-                         "start without --resume")
-    if not args.resume and (checkpoint_dir / "latest").is_file():
-        raise UsageError(f"{checkpoint_dir} already holds checkpoints: pass --resume to continue "
-                         "that run, or choose another --output-dir")
-
-    env = init_process_group(placement, device)
-    set_cpu_threads(placement, device, say)
-    say(f"{env.world_size} rank(s) via {env.launcher}, device {device}, backend {env.backend}")
-    say(f"precision: {precision.name} ({precision.reason})")
-    return train(args, env, ds_config, precision, model_config, output_dir, checkpoint_dir, say)
+    startup.start(job)
+    return train(args, job, model_config)
 
 
-def train(args, env, ds_config, precision, model_config, output_dir, checkpoint_dir, say) -> int:
-    import deepspeed
-
+def train(args, job, model_config) -> int:
+    from interbert.evaluation.retrieval import build_retrieval_corpus
+    from interbert.modeling import InterBertForPretraining
     from interbert.modeling.layer_norm import layer_norm_implementation
     from interbert.training import ds_config as dsc
-    from interbert.evaluation.retrieval import build_retrieval_corpus
+    from interbert.training import startup
     from interbert.training.corpus import build_run_data
+    from interbert.training.distributed import barrier
     from interbert.training.flops import device_peak
-    from interbert.training.monitor import Monitor
-    from interbert.training.optimizer import build_optimizer
-    from interbert.training.trainer import Schedule, Trainer
+    from interbert.training.loop import Schedule, TrainingLoop
+    from interbert.training.pretraining_objective import PretrainingObjective
 
+    env, run, ds_config, precision = job.env, job.run, job.ds_config, job.precision
     data = build_run_data(
         features=args.features, captions=args.captions, vocab=args.vocab,
         model_config=model_config, micro_batch=ds_config["train_micro_batch_size_per_gpu"],
-        rank=env.rank, world_size=env.world_size, num_workers=args.num_workers, seed=args.seed,
+        rank=env.rank, world_size=env.world_size, num_workers=args.num_workers, seed=run.seed,
         max_text_len=args.max_text_len, max_regions=args.max_regions,
         validation_split=args.validation_split or None, skip_corrupt=args.skip_corrupt)
     retrieval = None
@@ -227,77 +176,58 @@ def train(args, env, ds_config, precision, model_config, output_dir, checkpoint_
                                            args.validation_split, args.eval_images,
                                            args.max_text_len, args.max_regions)
     steps_per_epoch = max(len(data.train) // ds_config["gradient_accumulation_steps"], 1)
-    max_steps = plan_steps(args, ds_config, steps_per_epoch, args.deepspeed_config)
+    max_steps = startup.plan_steps(run, ds_config, steps_per_epoch)
     if args.fit_schedule:
-        say(dsc.fit_schedule(ds_config, max_steps, args.deepspeed_config))
+        job.say(dsc.fit_schedule(ds_config, max_steps, run.deepspeed_config))
 
-    seed_everything(args.seed)  # the same initial weights on every rank
-    model = build_model(args, model_config, say)
+    startup.seed_everything(run.seed)  # the same initial weights on every rank
+    model = build_model(args, model_config, job.say)
     model_config = model.config
-    choice = build_optimizer(model, ds_config, env.device, args.deepspeed_config)
-    say(f"optimizer: {choice.implementation}" + (f" (passed over: {'; '.join(choice.tried)})"
-                                                   if choice.tried else ""))
+    engine, optimizer = startup.build_engine(job, model)
     layer_norm = layer_norm_implementation(env.device)
-    say(f"layer norm: {layer_norm}")
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=choice.optimizer,
-                                           config=dsc.for_engine(ds_config))
-    seed_everything(args.seed + env.rank)  # distinct dropout streams per rank
-
+    job.say(f"layer norm: {layer_norm}")
     peak = device_peak(env.device, precision.dtype)
-    monitor = Monitor(output_dir, enabled=env.is_main, tensorboard=dsc.tensorboard_enabled(ds_config),
-                      deepspeed_monitors=dsc.external_monitors(ds_config))
-    describe_run(monitor, args, env, ds_config, precision, model_config, choice, layer_norm, peak,
-                 max_steps, steps_per_epoch, len(data.train.dataset), output_dir)
-    trainer = Trainer(engine=engine, model_config=model_config, train_loader=data.train,
-                      validation_loader=data.validation, retrieval_corpus=retrieval,
-                      monitor=monitor, env=env, precision=precision,
-                      schedule=Schedule(max_steps=max_steps, steps_per_epoch=steps_per_epoch,
-                                        log_every=args.log_every, save_every=args.save_every,
-                                        keep_last=args.keep_last, eval_every=args.eval_every),
-                      checkpoint_dir=checkpoint_dir, peak=peak)
-    if args.resume:
-        trainer.resume()
-    status = trainer.train()
-    if status == 0 and trainer.step >= max_steps:
-        if not args.eval_every or trainer.step % args.eval_every:
-            trainer.validate()
-        save_inference_model(engine, precision, model_config, checkpoint_dir, trainer.step, args.vocab,
-                             output_dir / "model", env, say)
+    monitor = startup.make_monitor(job, "pretrain")
+    describe_run(job, monitor, args, model_config, optimizer, layer_norm, peak, max_steps, steps_per_epoch,
+                 len(data.train.dataset))
+    objective = PretrainingObjective(model_config, device=env.device, dtype=precision.dtype,
+                                     validation_loader=data.validation, retrieval_corpus=retrieval)
+    loop = TrainingLoop(engine=engine, objective=objective, loader=data.train, monitor=monitor, env=env,
+                        precision=precision, checkpoint_dir=run.checkpoint_dir, peak_flops=peak.flops_per_second,
+                        schedule=Schedule(max_steps=max_steps, steps_per_epoch=steps_per_epoch,
+                                          log_every=run.log_every, save_every=run.save_every,
+                                          keep_last=run.keep_last, eval_every=run.eval_every))
+    status = startup.run_loop(loop, run.resume)
+    if status == 0 and loop.step >= max_steps:
+        if not run.eval_every or loop.step % run.eval_every:
+            loop.evaluate()
+        if env.is_main:
+            final = InterBertForPretraining(model_config)
+            final.load_state_dict(startup.consolidated_weights(engine, job, loop.step), strict=True)
+            startup.write_model_directory(final, run.output_dir / "model", args.vocab, job.say,
+                                          "inference model (load with InterBertForPretraining.from_pretrained)")
+        barrier()
     monitor.close()
     return status
 
 
-def plan_steps(args, ds_config, steps_per_epoch, config_path) -> int:
-    from interbert.training import ds_config as dsc
-
-    if args.max_steps:
-        return args.max_steps
-    if args.epochs:
-        return max(1, round(args.epochs * steps_per_epoch))
-    total = dsc.scheduler_total_steps(ds_config)
-    if not total:
-        raise UsageError(f"give --max-steps or --epochs ({config_path} has no "
-                         "scheduler.params.total_num_steps to take the run length from)")
-    return int(total)
-
-
-def describe_run(monitor, args, env, ds_config, precision, model_config, choice, layer_norm,
-                 peak, max_steps, steps_per_epoch, train_pairs, output_dir) -> None:
+def describe_run(job, monitor, args, model_config, optimizer, layer_norm, peak, max_steps, steps_per_epoch,
+                 train_pairs) -> None:
     """Print the run's knobs once and keep them in OUTPUT_DIR/run_config.json and TensorBoard."""
+    from interbert.training import startup
     from interbert.training.ds_config import scheduler_total_steps
 
+    env, ds_config, precision = job.env, job.ds_config, job.precision
     summary = {
         "arguments": vars(args), "world_size": env.world_size, "launcher": env.launcher,
         "device": str(env.device), "precision": precision.name,
-        "precision_reason": precision.reason, "optimizer": choice.implementation,
+        "precision_reason": precision.reason, "optimizer": optimizer,
         "layer_norm": layer_norm, "peak_flops_per_device": peak.flops_per_second,
         "peak_source": peak.source, "max_steps": max_steps, "steps_per_epoch": steps_per_epoch,
         "train_pairs": train_pairs, "deepspeed_config": ds_config,
         "model_config": model_config.to_dict(),
     }
-    if not env.is_main:
-        return
-    (output_dir / "run_config.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    startup.write_run_config(job, monitor, summary)
     monitor.print(f"training {max_steps} steps ({steps_per_epoch} per epoch over {train_pairs} "
                   f"pairs), global batch {ds_config['train_batch_size']} = "
                   f"{ds_config['train_micro_batch_size_per_gpu']} x "
@@ -308,32 +238,9 @@ def describe_run(monitor, args, env, ds_config, precision, model_config, choice,
         monitor.print(f"note: the scheduler's total_num_steps is {total}, the run is {max_steps} "
                       "steps: the learning rate will not follow the full schedule")
     monitor.print(f"TensorBoard: tensorboard --logdir {monitor.tensorboard_dir}")
-    monitor.text("run/optimizer", choice.implementation)
+    monitor.text("run/optimizer", optimizer)
     monitor.text("run/layer_norm", layer_norm)
     monitor.text("run/precision", f"{precision.name}: {precision.reason}")
-    monitor.text("run/config", "```\n" + json.dumps(summary, indent=2, default=str) + "\n```")
-
-
-def save_inference_model(engine, precision, model_config, checkpoint_dir, step, vocab, directory, env, say):
-    """Rank 0 writes a model directory with consolidated fp32 weights (from the ZeRO
-    partitions of the final checkpoint when training was not in fp32) and the run's vocab.txt."""
-    from interbert.modeling import InterBertForPretraining
-    from interbert.training.checkpoint import tag_for
-    from interbert.training.distributed import barrier
-
-    if env.is_main:
-        if precision.name == "fp32":
-            model = engine.module
-        else:
-            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-            state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag_for(step))
-            model = InterBertForPretraining(model_config)
-            model.load_state_dict(state, strict=True)
-        model.save_pretrained(directory)
-        shutil.copyfile(vocab, Path(directory) / VOCAB_NAME)
-        say(f"inference model saved: {directory} (load with InterBertForPretraining.from_pretrained)")
-    barrier()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,7 +60,7 @@ class TaskSpec:
 class FinetuneOutput:
     loss: torch.Tensor
     logits: torch.Tensor  # B×K choice scores, B×labels class logits, or B regression values
-    correct: int  # for accuracy during training (0 for regression)
+    correct: torch.Tensor  # detached, for accuracy during training (0 for regression)
     count: int
 
 
@@ -151,8 +151,9 @@ class InterBertForFinetuning(nn.Module):
             logits = self.head(backbone.text_pooler(hidden))
             if kind == "regression":
                 values = logits.squeeze(-1)
-                return FinetuneOutput(F.mse_loss(values.float(), labels.float()), values, 0, labels.shape[0])
-            correct = int((logits.detach().argmax(-1) == labels).sum())
+                return FinetuneOutput(F.mse_loss(values.float(), labels.float()), values,
+                                      torch.zeros((), device=values.device), labels.shape[0])
+            correct = (logits.detach().argmax(-1) == labels).sum()
             return FinetuneOutput(F.cross_entropy(logits.float(), labels), logits, correct, labels.shape[0])
         flat, choices = _flatten_choices({key: inputs[key] for key in INPUT_KEYS})
         if choices is None:
@@ -164,7 +165,7 @@ class InterBertForFinetuning(nn.Module):
         else:
             scores = self.head(output.pooled_text, output.pooled_image).view(-1, choices)
             loss = F.cross_entropy(scores.float(), labels)
-        correct = int((scores.detach().argmax(-1) == labels).sum())
+        correct = (scores.detach().argmax(-1) == labels).sum()
         return FinetuneOutput(loss, scores, correct, labels.shape[0])
 
     @torch.no_grad()

@@ -97,3 +97,29 @@ def fill_schedule(ds_config: dict, max_steps: int, settings: FinetuneSettings) -
         notes.append(f"scheduler warmup_num_steps = {settings.warmup_fraction} x total = "
                      f"{params['warmup_num_steps']}")
     return notes
+
+
+@dataclass(frozen=True)
+class TaskInputs:
+    """The data and evaluation flags a task reads (typed, so task code never sees argparse)."""
+    task: str
+    vocab: str
+    seed: int = 42
+    eval_only: bool = False
+    features: str | None = None
+    gt_features: str | None = None
+    captions: str | None = None
+    train_split: str = "train"
+    eval_split: str = "val"
+    eval_images: int = 0
+    vcr_train: str | None = None
+    vcr_val: str | None = None
+    glue_dir: str | None = None
+    skip_malformed: bool = False
+    eval_batch_size: int = 32
+    pair_batch: int = 0
+    two_stage_k: int = 0
+
+    @classmethod
+    def from_args(cls, args) -> "TaskInputs":
+        return cls(**{name: getattr(args, name) for name in cls.__dataclass_fields__})

@@ -19,7 +19,7 @@ from interbert.finetuning.batching import collate_choices, collate_text
 from interbert.finetuning.metrics import qar_accuracy
 from interbert.finetuning.model import TaskSpec
 from interbert.evaluation.full_retrieval import rank_and_world
-from interbert.finetuning.settings import FinetuneSettings
+from interbert.finetuning.settings import FinetuneSettings, TaskInputs
 from interbert.training.distributed import all_gather_objects
 
 DEFAULT_TEXT_LENGTH = {"flickr30k": 36, "vcr": 64, "glue": 128}
@@ -61,11 +61,11 @@ def family(task_name: str) -> str:
                          f"{', '.join(glue_data.TASKS)})")
 
 
-def _require(args, *flags: str) -> None:
+def _require(inputs: TaskInputs, *flags: str) -> None:
     for flag in flags:
-        value = getattr(args, flag)
+        value = getattr(inputs, flag)
         if not value:
-            raise TaskInputError(f"--task {args.task} needs --{flag.replace('_', '-')}")
+            raise TaskInputError(f"--task {inputs.task} needs --{flag.replace('_', '-')}")
         if not Path(value).exists():
             raise TaskInputError(f"--{flag.replace('_', '-')} {value}: no such file or directory")
 
@@ -82,23 +82,23 @@ def _predict(model, dataset, indices, collate, batch_size: int, device, dtype) -
 
 
 # ---------------------------------------------------------------------- Flickr30K
-def flickr30k_task(args, settings: FinetuneSettings) -> Task:
+def flickr30k_task(inputs: TaskInputs, settings: FinetuneSettings) -> Task:
     from interbert.evaluation.retrieval import build_retrieval_corpus
     from interbert.finetuning.flickr30k import Flickr30kTrainSet, HardNegativeMiner
     from interbert.evaluation.full_retrieval import evaluate_full_retrieval
 
-    _require(args, "features", "captions")
+    _require(inputs, "features", "captions")
     length = settings.max_text_len or DEFAULT_TEXT_LENGTH["flickr30k"]
     train_set = None
-    if not args.eval_only:
-        train_set = Flickr30kTrainSet(args.features, args.captions, args.vocab, split=args.train_split,
-                                      max_regions=settings.max_regions, max_text_len=length, seed=args.seed)
-    corpus = build_retrieval_corpus(args.features, [args.captions], args.vocab, args.eval_split,
-                                    args.eval_images or None, length, settings.max_regions)
+    if not inputs.eval_only:
+        train_set = Flickr30kTrainSet(inputs.features, inputs.captions, inputs.vocab, split=inputs.train_split,
+                                      max_regions=settings.max_regions, max_text_len=length, seed=inputs.seed)
+    corpus = build_retrieval_corpus(inputs.features, [inputs.captions], inputs.vocab, inputs.eval_split,
+                                    inputs.eval_images or None, length, settings.max_regions)
 
     def evaluate(model, device, dtype):
         result = evaluate_full_retrieval(model.pretraining, corpus, device=device, dtype=dtype,
-                                         pair_batch=args.pair_batch or None, two_stage_k=args.two_stage_k)
+                                         pair_batch=inputs.pair_batch or None, two_stage_k=inputs.two_stage_k)
         metrics = dict(result.full.metrics)
         metrics.update(eval_seconds=result.full.seconds, eval_pairs_per_second=result.full.pairs_per_second)
         if result.two_stage:
@@ -111,8 +111,8 @@ def flickr30k_task(args, settings: FinetuneSettings) -> Task:
     if hard.enabled and train_set is not None:
         def miner_factory(sampler, device, dtype, window):
             return HardNegativeMiner(train_set, sampler, pool_size=hard.pool_size, refresh_every=hard.refresh_every,
-                                     window=window, device=device, dtype=dtype, seed=args.seed)
-    notes = [f"evaluation: {len(corpus.image_ids)} images x {len(corpus)} captions of split {args.eval_split!r}"]
+                                     window=window, device=device, dtype=dtype, seed=inputs.seed)
+    notes = [f"evaluation: {len(corpus.image_ids)} images x {len(corpus)} captions of split {inputs.eval_split!r}"]
     if train_set is not None:
         notes.insert(0, f"training: {len(train_set)} captions of {len(train_set.image_ids)} images, 4-way "
                         f"({settings.retrieval_loss} loss), {int(train_set.captions.truncated.sum())} captions "
@@ -122,29 +122,29 @@ def flickr30k_task(args, settings: FinetuneSettings) -> Task:
 
 
 # ---------------------------------------------------------------------- VCR
-def vcr_task(args, settings: FinetuneSettings, tokenizer) -> Task:
+def vcr_task(inputs: TaskInputs, settings: FinetuneSettings, tokenizer) -> Task:
     from interbert.finetuning.vcr import VcrDataset, read_vcr
 
-    _require(args, "features", "vcr_val")
-    if args.gt_features:
-        _require(args, "gt_features")
+    _require(inputs, "features", "vcr_val")
+    if inputs.gt_features:
+        _require(inputs, "gt_features")
     length = settings.max_text_len or DEFAULT_TEXT_LENGTH["vcr"]
 
     def dataset(path):
-        return VcrDataset(read_vcr(path), args.features, tokenizer, gt_features=args.gt_features,
+        return VcrDataset(read_vcr(path), inputs.features, tokenizer, gt_features=inputs.gt_features,
                           max_regions=settings.max_regions, max_length=length)
 
     train_set = None
-    if not args.eval_only:
-        _require(args, "vcr_train")
-        train_set = dataset(args.vcr_train)
-    val_set = dataset(args.vcr_val)
+    if not inputs.eval_only:
+        _require(inputs, "vcr_train")
+        train_set = dataset(inputs.vcr_train)
+    val_set = dataset(inputs.vcr_val)
 
     def evaluate(model, device, dtype):
         rank, world = rank_and_world()
         questions = np.arange(len(val_set.annotations))[rank::world]
         items = np.stack([2 * questions, 2 * questions + 1], axis=1).reshape(-1)
-        scores = _predict(model, val_set, items, collate_choices, args.eval_batch_size, device, dtype)
+        scores = _predict(model, val_set, items, collate_choices, inputs.eval_batch_size, device, dtype)
         verdicts = []
         for q, answer_scores, rationale_scores in zip(questions, scores[0::2], scores[1::2]):
             a = val_set.annotations[q]
@@ -154,30 +154,30 @@ def vcr_task(args, settings: FinetuneSettings, tokenizer) -> Task:
         return {"q2a_accuracy": float(verdicts[:, 0].mean()), "qa2r_accuracy": float(verdicts[:, 1].mean()),
                 "q2ar_accuracy": qar_accuracy(verdicts[:, 0], verdicts[:, 1]), "questions": float(len(verdicts))}
 
-    notes = [f"evaluation: {len(val_set.annotations)} questions of {args.vcr_val}, "
+    notes = [f"evaluation: {len(val_set.annotations)} questions of {inputs.vcr_val}, "
              f"{val_set.truncated} choice texts truncated to {length} pieces"]
     if train_set is not None:
         notes.insert(0, f"training: {len(train_set.annotations)} questions -> {len(train_set)} 4-way examples "
                         f"(Q->A and QA->R), {train_set.truncated} choice texts truncated to {length} pieces; "
-                        f"regions: {'ground-truth + ' if args.gt_features else ''}detector, at most "
+                        f"regions: {'ground-truth + ' if inputs.gt_features else ''}detector, at most "
                         f"{settings.max_regions}")
     return Task(TaskSpec("vcr", "multiple_choice"), train_set, collate_choices, evaluate, notes)
 
 
 # ---------------------------------------------------------------------- GLUE
-def glue_task(args, settings: FinetuneSettings, tokenizer) -> Task:
-    task = glue_data.glue_task(args.task[len("glue-"):])
-    _require(args, "glue_dir")
+def glue_task(inputs: TaskInputs, settings: FinetuneSettings, tokenizer) -> Task:
+    task = glue_data.glue_task(inputs.task[len("glue-"):])
+    _require(inputs, "glue_dir")
     length = settings.max_text_len or DEFAULT_TEXT_LENGTH["glue"]
-    directory = Path(args.glue_dir)
+    directory = Path(inputs.glue_dir)
 
     def dataset(name):
-        examples = glue_data.read_glue_tsv(directory / name, task, skip_malformed=args.skip_malformed)
+        examples = glue_data.read_glue_tsv(directory / name, task, skip_malformed=inputs.skip_malformed)
         return glue_data.GlueDataset(examples, tokenizer, length), examples
 
     notes = []
     train_set = None
-    if not args.eval_only:
+    if not inputs.eval_only:
         train_set, examples = dataset("train.tsv")
         notes.append(f"training: {len(train_set)} examples of {examples.path}, {train_set.truncated} at the "
                      f"{length}-piece limit, {len(examples.skipped)} malformed lines skipped"
@@ -193,7 +193,7 @@ def glue_task(args, settings: FinetuneSettings, tokenizer) -> Task:
         metrics = {}
         for name, dev in dev_sets.items():
             indices = np.arange(len(dev))[rank::world]
-            rows = list(zip(indices.tolist(), _predict(model, dev, indices, collate_text, args.eval_batch_size,
+            rows = list(zip(indices.tolist(), _predict(model, dev, indices, collate_text, inputs.eval_batch_size,
                                                       device, dtype)))
             rows = sorted(r for part in all_gather_objects(rows) for r in part)
             predictions = np.stack([r[1] for r in rows])
@@ -205,11 +205,11 @@ def glue_task(args, settings: FinetuneSettings, tokenizer) -> Task:
     return Task(spec, train_set, collate_text, evaluate, notes)
 
 
-def build_task(args, settings: FinetuneSettings) -> Task:
+def build_task(inputs: TaskInputs, settings: FinetuneSettings) -> Task:
     from interbert.data.tokenization import load_tokenizer
 
-    kind = family(args.task)
+    kind = family(inputs.task)
     if kind == "flickr30k":
-        return flickr30k_task(args, settings)
-    tokenizer = load_tokenizer(args.vocab)
-    return vcr_task(args, settings, tokenizer) if kind == "vcr" else glue_task(args, settings, tokenizer)
+        return flickr30k_task(inputs, settings)
+    tokenizer = load_tokenizer(inputs.vocab)
+    return vcr_task(inputs, settings, tokenizer) if kind == "vcr" else glue_task(inputs, settings, tokenizer)

@@ -157,6 +157,25 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+class ControlChannel:
+    """Sums of small CPU tensors over ranks for the training loop's per-step decisions (stop,
+    non-finite), without a device round trip: the default group where it is gloo, else a gloo
+    group made once (collective: every rank constructs it together)."""
+
+    def __init__(self, env: DistributedEnvironment):
+        import torch.distributed as torch_dist
+
+        self.active = torch_dist.is_initialized() and torch_dist.get_world_size() > 1
+        self.group = torch_dist.new_group(backend="gloo") if self.active and env.backend != "gloo" else None
+
+    def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as torch_dist
+
+        if self.active:
+            torch_dist.all_reduce(values, group=self.group)
+        return values
+
+
 def all_gather_objects(value) -> list:
     """Every rank's `value`, in rank order (picklable objects of our own making only)."""
     import torch.distributed as torch_dist

@@ -92,10 +92,8 @@ def external_monitors(config: dict) -> dict:
 def for_engine(config: dict) -> dict:
     """The dict handed to deepspeed.initialize: the monitor sections go to the run's ``Monitor``
     (its own TensorBoard writer, and DeepSpeed's wandb / csv / comet monitors fed with the run's
-    scalars, a superset of the engine's), and the optimizer is built by us
-    (interbert.training.optimizer) from the `optimizer` section."""
+    scalars, a superset of the engine's); everything else, the optimizer included, is DeepSpeed's."""
     engine_config = copy.deepcopy(config)
-    engine_config.pop("optimizer", None)
     for monitor in ("tensorboard", "wandb", "csv_monitor", "comet"):
         engine_config.pop(monitor, None)
     return engine_config

@@ -35,8 +35,10 @@ class Monitor:
     (``ds_config.external_monitors``); DeepSpeed's own monitors for them receive every scalar.
     """
 
-    def __init__(self, output_dir: Path, enabled: bool, tensorboard: bool, deepspeed_monitors: dict | None = None):
+    def __init__(self, output_dir: Path, enabled: bool, tensorboard: bool, deepspeed_monitors: dict | None = None,
+                 prefix: str = "pretrain"):
         self.enabled = enabled
+        self.prefix = prefix
         self.writer = None
         self.external = None
         self.tensorboard_dir = output_dir / "tensorboard"
@@ -54,7 +56,7 @@ class Monitor:
 
     def print(self, message: str) -> None:
         if self.enabled:
-            print(f"[pretrain] {message}", flush=True)
+            print(f"[{self.prefix}] {message}", flush=True)
 
     def text(self, tag: str, value: str) -> None:
         if self.writer is not None:
@@ -106,7 +108,7 @@ def _deepspeed_monitors(sections: dict):
     return MonitorMaster(get_monitor_config(dict(sections)))
 
 
-def console_line(step: int, total_steps: int, epoch: int, values: dict, eta_seconds: float) -> str:
+def console_line(step: int, total_steps: int, epoch: int, values: dict, eta: str) -> str:
     losses = " ".join(f"{t} {values.get(f'train/loss_{t}', float('nan')):.3f}" for t in TASKS)
     accuracies = " ".join(f"{t} {values.get(f'train/accuracy_{t}', float('nan')):.2f}"
                           for t in TASKS)
@@ -126,7 +128,7 @@ def console_line(step: int, total_steps: int, epoch: int, values: dict, eta_seco
         f"{values['perf/tflops'] * 1e3:.2f} GFLOP/s",
         f"MFU {100 * values['perf/mfu']:.1f}%",
         f"data {100 * values['perf/data_wait_fraction']:.0f}%",
-        f"ETA {format_duration(eta_seconds)}",
+        f"ETA {eta}",
     ]
     return " | ".join(parts)
 

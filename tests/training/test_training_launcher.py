@@ -37,7 +37,7 @@ def test_launcher_run_exits_0_and_logs_every_step(launcher_run):
     assert result.returncode == 0, explain(result)
     assert [r["step"] for r in read_train_log(output)] == list(range(1, STEPS + 1))
     assert "2 rank(s) via deepspeed/torchrun" in result.stdout
-    assert "optimizer: torch.optim.AdamW" in result.stdout
+    assert "optimizer: torch.optim.AdamW, built by DeepSpeed from optimizer.type adamw" in result.stdout
 
 
 def test_the_ranks_leave_no_shared_memory_behind(launcher_run):

@@ -17,7 +17,7 @@ from interbert.evaluation.metrics import chance_metrics, retrieval_metrics
 from interbert.modeling import InterBertForPretraining
 from interbert.training.ds_config import ConfigError, resolve_batch_sizes, total_steps_for_epochs
 from interbert.training.flops import batch_flops, sample_flops, stack_flops
-from interbert.training.optimizer import build_optimizer, decay_parameter_groups
+from interbert.training.optimizer import adapt_to_device, decay_parameter_groups, parameter_groups
 from interbert.training.precision import PrecisionError, resolve_precision
 from interbert.training.stopping import StopRequest
 
@@ -101,20 +101,26 @@ def test_no_weight_decay_on_biases_and_layer_norms():
     assert len(unique) == len(decay["params"]) + len(no_decay["params"])
 
 
-def test_cpu_optimizer_is_fused_adamw_with_the_config_hyperparameters():
+def test_the_decay_groups_take_the_configs_weight_decay_and_a_config_without_optimizer_is_named():
     model = InterBertForPretraining(InterBertConfig.from_preset("tiny"))
     config = json.loads((REPO / "ds_configs" / "pretrain_v100x8.json").read_text())
-    choice = build_optimizer(model, config, CPU)
-    assert choice.implementation == "torch.optim.AdamW(fused=True) on cpu"
-    group = choice.optimizer.param_groups[0]
-    assert group["lr"] == 1e-4 and group["betas"] == (0.9, 0.9999) and group["eps"] == 1e-6
-    assert [g["weight_decay"] for g in choice.optimizer.param_groups] == [0.01, 0.0]
+    groups = parameter_groups(model, config, "v100.json")
+    assert [g["weight_decay"] for g in groups] == [config["optimizer"]["params"]["weight_decay"], 0.0]
+    with pytest.raises(ConfigError, match="my.json: no `optimizer` section"):
+        parameter_groups(model, {}, "my.json")
 
 
-def test_unsupported_optimizer_type_is_refused():
-    model = InterBertForPretraining(InterBertConfig.from_preset("tiny"))
-    with pytest.raises(ValueError, match="optimizer.type 'Lamb'"):
-        build_optimizer(model, {"optimizer": {"type": "Lamb"}}, CPU, "my.json")
+def test_on_a_cpu_adamw_runs_as_torch_adamw_unless_offloaded_or_on_cuda():
+    config = json.loads((REPO / "ds_configs" / "pretrain_v100x8.json").read_text())
+    cuda = json.loads(json.dumps(config))
+    assert adapt_to_device(cuda, "cuda") is None and "torch_adam" not in cuda["optimizer"]["params"]
+    note = adapt_to_device(config, "cpu")
+    assert config["optimizer"]["params"]["torch_adam"] is True and "torch.optim.AdamW" in note
+    offloaded = {"optimizer": {"type": "AdamW", "params": {}},
+                 "zero_optimization": {"stage": 1, "offload_optimizer": {"device": "cpu"}}}
+    assert adapt_to_device(offloaded, "cpu") is None  # DeepSpeedCPUAdam, DeepSpeed's choice
+    lamb = {"optimizer": {"type": "Lamb", "params": {}}}
+    assert adapt_to_device(lamb, "cpu") is None and "torch_adam" not in lamb["optimizer"]["params"]
 
 
 # ---------------------------------------------------------------- precision

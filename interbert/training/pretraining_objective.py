@@ -1,0 +1,85 @@
+"""Pretraining as an objective of the training loop: the weighted MSM + MRM + ITM loss, per-task
+losses and accuracies, FLOPs for MFU, and validation (held-out losses and zero-shot retrieval)."""
+from __future__ import annotations
+
+import torch
+
+from interbert.config import InterBertConfig
+from interbert.evaluation.full_retrieval import evaluate_full_retrieval
+from interbert.evaluation.retrieval import to_device
+from interbert.training.distributed import all_reduce_sum
+from interbert.training.flops import batch_flops
+from interbert.training.monitor import TASKS, console_line
+from interbert.training.objective import Objective
+
+SLOTS = (*(f"loss_{t}" for t in TASKS), *(f"correct_{t}" for t in TASKS), *(f"count_{t}" for t in TASKS))
+
+
+class PretrainingObjective(Objective):
+    name = "pretrain"
+    slots = SLOTS
+
+    def __init__(self, model_config: InterBertConfig, *, device: torch.device, dtype: torch.dtype,
+                 validation_loader=None, retrieval_corpus=None, retrieval_batch_size: int | None = None,
+                 validation_batches: int = 20):
+        self.model_config, self.device, self.dtype = model_config, device, dtype
+        self.validation_loader, self.retrieval_corpus = validation_loader, retrieval_corpus
+        self.retrieval_batch_size, self.validation_batches = retrieval_batch_size, validation_batches
+
+    def measure(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        output = model(**batch)
+        zero = torch.zeros((), dtype=torch.float64, device=output.loss.device)
+        losses = [output.losses[t].double() if t in output.losses else zero for t in TASKS]
+        correct = [torch.nan_to_num(output.accuracies[t].double() * output.counts[t]) if output.counts.get(t)
+                   else zero for t in TASKS]
+        counts = torch.tensor([float(output.counts.get(t, 0)) for t in TASKS], dtype=torch.float64,
+                              device=output.loss.device)
+        return output.loss, torch.cat([torch.stack(losses), torch.stack(correct), counts])
+
+    def host_sums(self, batch: dict) -> list[float]:
+        return [batch["itm_labels"].shape[0], batch_flops(self.model_config, batch).total]
+
+    def step_values(self, sums: dict[str, float]) -> dict[str, float]:
+        return {f"train/{name}": value for name, value in averages(sums).items()}
+
+    def console_line(self, step: int, max_steps: int, epoch: int, values: dict, eta: str) -> str:
+        return console_line(step, max_steps, epoch, values, eta)
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def evaluate(self, model, step: int) -> dict[str, float]:
+        results: dict[str, float] = {}
+        if self.validation_loader is not None:
+            results.update(self._validation_losses(model))
+        if self.retrieval_corpus is not None:
+            retrieval = evaluate_full_retrieval(model, self.retrieval_corpus, device=self.device, dtype=self.dtype,
+                                                pair_batch=self.retrieval_batch_size)
+            results.update({f"retrieval_{k}": v for k, v in retrieval.full.metrics.items()})
+            results["retrieval_seconds"] = retrieval.full.seconds
+        return results
+
+    def _validation_losses(self, model) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        sums = torch.zeros(1 + len(SLOTS) + 1, dtype=torch.float64, device=self.device)
+        try:
+            for index, batch in enumerate(self.validation_loader):
+                if index >= self.validation_batches:
+                    break
+                loss, task_sums = self.measure(model, to_device(batch, self.device, self.dtype))
+                sums += torch.cat([loss.detach().double().reshape(1), task_sums, sums.new_ones(1)])
+        finally:
+            model.train(was_training)
+        values = dict(zip(("loss", *SLOTS, "micro_batches"), all_reduce_sum(sums).cpu().tolist()))
+        return {name: value for name, value in averages(values).items() if value == value}  # no NaN accuracies
+
+
+def averages(sums: dict[str, float]) -> dict[str, float]:
+    """Mean losses per micro-batch and accuracies per counted item (NaN where nothing was counted)."""
+    batches = max(sums["micro_batches"], 1.0)
+    values = {"loss": sums["loss"] / batches}
+    for task in TASKS:
+        values[f"loss_{task}"] = sums[f"loss_{task}"] / batches
+        count = sums[f"count_{task}"]
+        values[f"accuracy_{task}"] = sums[f"correct_{task}"] / count if count else float("nan")
+    return values

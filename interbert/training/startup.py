@@ -1,0 +1,218 @@
+"""The start-up and wind-down that pretraining and fine-tuning share, in the order a run meets them:
+
+1. `prepare`: who this process is, the DeepSpeed config with its batch sizes for this world, the
+   device and precision, and the checkpoint folder's state; all checked before any collective, on
+   every rank alike, so a mistake fails at once instead of hanging one;
+2. `start`: the process group, CPU threads per rank, the first lines of the log;
+3. `build_engine`: DeepSpeed's engine, with the optimizer built by DeepSpeed from the config;
+4. `make_monitor`, `write_run_config`: TensorBoard, train_log.jsonl and run_config.json;
+5. `consolidated_weights`: the final fp32 weights, gathered from the ZeRO partitions.
+
+Entry points pass typed `RunSettings`, never argparse Namespaces.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from interbert.errors import UsageError
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The run-shape flags shared by `interbert pretrain` and `interbert finetune`."""
+    deepspeed_config: str
+    output_dir: Path
+    precision: str = "auto"
+    max_steps: int | None = None
+    epochs: float | None = None
+    save_every: int = 1000
+    keep_last: int = 3
+    log_every: int = 50
+    eval_every: int = 0
+    resume: bool = False
+    seed: int = 42
+    local_rank: int | None = None
+
+    @classmethod
+    def from_args(cls, args) -> "RunSettings":
+        values = {f.name: getattr(args, f.name) for f in fields(cls)}
+        values["output_dir"] = Path(values["output_dir"])
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        for flag in ("max_steps", "log_every"):
+            value = getattr(self, flag)
+            if value is not None and value <= 0:
+                raise UsageError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise UsageError(f"--epochs must be positive, got {self.epochs}")
+        for flag in ("save_every", "keep_last", "eval_every"):
+            if getattr(self, flag) < 0:
+                raise UsageError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(self, flag)}")
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.output_dir / "checkpoints"
+
+
+@dataclass
+class Job:
+    run: RunSettings
+    placement: object  # distributed.JobPlacement
+    ds_config: dict
+    device: torch.device
+    precision: object  # precision.PrecisionChoice
+    say: Callable[[str], None]
+    env: object = None  # distributed.DistributedEnvironment, after `start`
+
+
+def prepare(run: RunSettings, prefix: str, raw_config: dict | None = None, *, trains: bool = True) -> Job:
+    """Everything that can be checked without the process group. `raw_config`: the DeepSpeed config
+    when the caller has already read it (fine-tuning takes its `finetune` section out first)."""
+    from interbert.training import ds_config as dsc
+    from interbert.training.distributed import discover_job, job_device
+    from interbert.training.precision import resolve_precision
+
+    placement = discover_job(run.local_rank)
+
+    def say(message: str) -> None:
+        if placement.rank == 0:
+            print(f"[{prefix}] {message}", flush=True)
+
+    path = run.deepspeed_config
+    raw = dsc.load_ds_config(path) if raw_config is None else raw_config
+    ds_config = dsc.resolve_batch_sizes(raw, placement.world_size, path)
+    device = job_device(placement)
+    precision = resolve_precision(run.precision, ds_config, device, path)
+    if trains:
+        latest = run.checkpoint_dir / "latest"
+        if run.resume and not latest.is_file():
+            raise UsageError(f"--resume: no checkpoint in {run.checkpoint_dir} (no 'latest' file); "
+                             "start without --resume")
+        if not run.resume and latest.is_file():
+            raise UsageError(f"{run.checkpoint_dir} already holds checkpoints: pass --resume to continue "
+                             "that run, or choose another --output-dir")
+    return Job(run, placement, ds_config, device, precision, say)
+
+
+def start(job: Job):
+    """The process group (collective), CPU threads, and the run's first lines."""
+    from interbert.training.distributed import init_process_group
+
+    env = init_process_group(job.placement, job.device)
+    job.env = env
+    set_cpu_threads(job.placement, job.device, job.say)
+    job.say(f"{env.world_size} rank(s) via {env.launcher}, device {job.device}, backend {env.backend}")
+    job.say(f"precision: {job.precision.name} ({job.precision.reason})")
+    return env
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_cpu_threads(placement, device, say) -> None:
+    """Share the cores between the ranks of this node unless OMP_NUM_THREADS says otherwise."""
+    if device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
+        return
+    threads = max(1, (os.cpu_count() or 1) // max(placement.local_size, 1))
+    torch.set_num_threads(threads)
+    say(f"CPU threads per rank: {threads} ({os.cpu_count()} cores, {placement.local_size} ranks here)")
+
+
+def plan_steps(run: RunSettings, ds_config: dict, steps_per_epoch: int, config_epochs: float | None = None,
+               config_epochs_key: str = "") -> int:
+    """--max-steps, else --epochs (else the config's epochs), else the scheduler's total_num_steps."""
+    from interbert.training.ds_config import scheduler_total_steps
+
+    epochs = run.epochs or config_epochs
+    if run.max_steps:
+        return run.max_steps
+    if epochs:
+        return max(1, round(epochs * steps_per_epoch))
+    total = scheduler_total_steps(ds_config)
+    if not total:
+        raise UsageError(f"give --max-steps or --epochs ({run.deepspeed_config} sets neither "
+                         f"{config_epochs_key + ' nor ' if config_epochs_key else ''}"
+                         "scheduler.params.total_num_steps to take the run length from)")
+    return int(total)
+
+
+def build_engine(job: Job, model):
+    """(engine, the optimizer in words). DeepSpeed builds the optimizer from the config's section,
+    with the model's weight-decay groups; every rank then gets its own dropout stream."""
+    import deepspeed
+
+    from interbert.training import ds_config as dsc
+    from interbert.training.optimizer import adapt_to_device, describe_optimizer, parameter_groups
+
+    note = adapt_to_device(job.ds_config, job.device.type)
+    if note:
+        job.say(note)
+    groups = parameter_groups(model, job.ds_config, job.run.deepspeed_config)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=dsc.for_engine(job.ds_config))
+    seed_everything(job.run.seed + job.env.rank)
+    optimizer = describe_optimizer(engine)
+    job.say(f"optimizer: {optimizer}")
+    return engine, optimizer
+
+
+def make_monitor(job: Job, prefix: str):
+    from interbert.training import ds_config as dsc
+    from interbert.training.monitor import Monitor
+
+    return Monitor(job.run.output_dir, enabled=job.env.is_main, tensorboard=dsc.tensorboard_enabled(job.ds_config),
+                   deepspeed_monitors=dsc.external_monitors(job.ds_config), prefix=prefix)
+
+
+def write_run_config(job: Job, monitor, summary: dict) -> None:
+    """OUTPUT_DIR/run_config.json and TensorBoard's run/config text (rank 0)."""
+    if not job.env.is_main:
+        return
+    text = json.dumps(summary, indent=2, default=str)
+    (job.run.output_dir / "run_config.json").write_text(text + "\n")
+    monitor.text("run/config", "```\n" + text + "\n```")
+
+
+def run_loop(loop, resume: bool) -> int:
+    if resume:
+        loop.resume()
+    return loop.train()
+
+
+def consolidated_weights(engine, job: Job, step: int, keep: dict | None = None) -> dict:
+    """The module's fp32 state dict after `step`: the engine's own in fp32, otherwise the fp32
+    master weights of the ZeRO checkpoint of that step, over the module's other entries (`keep`:
+    exact copies of entries no optimizer holds, e.g. frozen parameters). Rank 0 only."""
+    state = {k: v.float() if v.is_floating_point() else v for k, v in engine.module.state_dict().items()}
+    if job.precision.name == "fp32":
+        return state
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from interbert.training.checkpoint import tag_for
+
+    master = get_fp32_state_dict_from_zero_checkpoint(str(job.run.checkpoint_dir), tag=tag_for(step))
+    return {**state, **(keep or {}), **master}
+
+
+def write_model_directory(model, directory: Path, vocab: str, say, what: str = "model") -> None:
+    """save_pretrained plus the run's vocab.txt, so the directory is complete on its own."""
+    import shutil
+
+    from interbert.data.tokenization import VOCAB_NAME
+
+    model.save_pretrained(directory)
+    shutil.copyfile(vocab, Path(directory) / VOCAB_NAME)
+    say(f"{what} saved: {directory}")
