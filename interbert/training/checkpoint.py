@@ -4,23 +4,37 @@ A checkpoint is `<output>/checkpoints/global_step<N>/` as DeepSpeed writes it (m
 rank 0, one ZeRO optimizer partition per rank) plus our client state: epoch, step, the data
 sampler's position and every rank's random-number states (python, numpy, torch), gathered to
 rank 0 because DeepSpeed stores client state once. `latest` names the newest; older ones beyond
-`keep_last` are deleted after every rank has finished writing.
+`keep_last` are deleted after every rank has finished writing. `global_step<N>/interbert_run.json`
+records the step and the world size that wrote it.
+
+Another world size: ZeRO partitions the optimizer state by rank, so a checkpoint written by W ranks
+does not load into W' ranks as it is. On `--resume` with another world size, rank 0 converts the
+checkpoint once into DeepSpeed's universal format (`checkpoints/universal/global_step<N>/`, with
+DeepSpeed's own converter, reading every file weights-only), the engine is built with
+`checkpoint.load_universal`, and the sampler position is re-sharded (same global position; exact
+when the global batch is unchanged). Random states are per rank and do not carry over: the
+resumed ranks draw dropout from their start-up seeds, which the run says.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import random
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from interbert.training.distributed import all_gather_objects, barrier
-from interbert.training.safe_load import load_checkpoints_safely
+from interbert.training.safe_load import load_checkpoints_safely, weights_only_load
 
 TAG_PATTERN = re.compile(r"^global_step(\d+)$")
 CLIENT_STATE_VERSION = 1
+RUN_FILE = "interbert_run.json"
+UNIVERSAL = "universal"
 
 
 def capture_rng_state() -> dict:
@@ -63,16 +77,23 @@ def save(engine, directory: Path, *, step: int, epoch: int, sampler_state: dict,
     """Collective: every rank must call it at the same step."""
     rng_states = all_gather_objects(capture_rng_state())
     sampler_states = all_gather_objects(sampler_state)
+    from deepspeed.checkpoint.constants import (
+        UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY, UNIVERSAL_CHECKPOINT_VERSION_VALUE)
+
     client_state = {
         "interbert_client_state": CLIENT_STATE_VERSION,
         "step": step,
         "epoch": epoch,
         "sampler": sampler_states,
         "rng": rng_states,
+        # what DeepSpeed's universal converter asks of a checkpoint (no tensor or pipeline parallelism here)
+        UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE},
         **(extra or {}),
     }
     tag = tag_for(step)
     engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=True)
+    if rank == 0:
+        (directory / tag / RUN_FILE).write_text(json.dumps({"step": step, "world_size": len(rng_states)}) + "\n")
     barrier()
     if rank == 0 and keep_last > 0:
         for _, old in list_checkpoints(directory)[:-keep_last]:
@@ -97,9 +118,55 @@ def check_latest(directory: Path) -> None:
     raise FileNotFoundError(f"--resume: {directory / 'latest'} names {tag}, which {state}; {hint}")
 
 
-def load(engine, directory: Path, rank: int) -> dict:
+def saved_world_size(directory: Path) -> int | None:
+    """The world size that wrote the checkpoint `latest` names (None when it does not say)."""
+    try:
+        tag = (directory / "latest").read_text().strip()
+        return int(json.loads((directory / tag / RUN_FILE).read_text())["world_size"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def needs_universal(directory: Path, world_size: int) -> bool:
+    saved = saved_world_size(directory)
+    return saved is not None and saved != world_size
+
+
+@contextmanager
+def _weights_only_torch_load():
+    """DeepSpeed's converter reads with a full unpickler; make every read weights-only meanwhile."""
+    original = torch.load
+    torch.load = lambda path, map_location=None, **_: weights_only_load(path, map_location)
+    try:
+        yield
+    finally:
+        torch.load = original
+
+
+def ensure_universal(directory: Path, tag: str, rank: int) -> Path:
+    """`directory/universal/<tag>`, converted by rank 0 if it is not there yet (collective)."""
+    target = directory / UNIVERSAL / tag
+    if rank == 0 and not (target / MODEL_STATES).is_file():
+        from deepspeed.checkpoint import ds_to_universal
+
+        partial = target.with_name(f"{tag}.tmp")
+        shutil.rmtree(partial, ignore_errors=True)
+        options = argparse.Namespace(input_folder=str(directory / tag), output_folder=str(partial),
+                                     num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False,
+                                     strict=True, inject_missing_state=True)
+        with _weights_only_torch_load():
+            ds_to_universal.main(options)
+        shutil.rmtree(target, ignore_errors=True)
+        partial.rename(target)
+    barrier()
+    return target
+
+
+def load(engine, directory: Path, rank: int, world_size: int = 1) -> dict:
     """Load the newest checkpoint (as named by `latest`) into `engine`; returns this rank's
-    client state: step, epoch, sampler state, RNG state (already restored)."""
+    client state: step, epoch, sampler state; the RNG state is restored when the world size is the
+    one that wrote it. With another world size the engine must have been built with
+    `checkpoint.load_universal` (`needs_universal`)."""
     latest = directory / "latest"
     if not latest.is_file():
         raise FileNotFoundError(
@@ -107,15 +174,21 @@ def load(engine, directory: Path, rank: int) -> dict:
             f"{directory}; start without --resume, or point --output-dir at the earlier run")
     check_latest(directory)
     load_checkpoints_safely(engine)  # weights-only unpickling: a checkpoint must not run code
-    path, client_state = engine.load_checkpoint(str(directory), load_optimizer_states=True,
-                                                load_lr_scheduler_states=True)
+    tag = latest.read_text().strip()
+    source = directory
+    if needs_universal(directory, world_size):
+        source = ensure_universal(directory, tag, rank).parent
+    with _weights_only_torch_load():  # the universal fragments are read with torch.load directly
+        path, client_state = engine.load_checkpoint(str(source), tag=tag, load_optimizer_states=True,
+                                                    load_lr_scheduler_states=True)
     if path is None or not client_state or "interbert_client_state" not in client_state:
         raise RuntimeError(f"{directory}: the checkpoint named by {latest} could not be loaded "
                            "or was not written by interbert pretrain")
-    world = len(client_state["rng"])
-    if rank >= world:
-        raise RuntimeError(f"{path} was written by {world} ranks; resume it with {world} ranks "
-                           "(the sampler and random states are per rank)")
-    restore_rng_state(client_state["rng"][rank])
-    return {"path": path, "step": client_state["step"], "epoch": client_state["epoch"],
-            "sampler": client_state["sampler"][rank]}
+    saved_world = len(client_state["rng"])
+    if saved_world == world_size:
+        restore_rng_state(client_state["rng"][rank])
+        sampler = client_state["sampler"][rank]
+    else:
+        sampler = client_state["sampler"][0]  # every rank consumed the same count; re-sharded by the sampler
+    return {"path": path, "step": client_state["step"], "epoch": client_state["epoch"], "sampler": sampler,
+            "saved_world_size": saved_world}

@@ -103,7 +103,7 @@ class TrainingLoop:
         return path
 
     def resume(self) -> None:
-        state = checkpoint.load(self.engine, self.checkpoint_dir, self.env.rank)
+        state = checkpoint.load(self.engine, self.checkpoint_dir, self.env.rank, self.env.world_size)
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.loader.load_state_dict(state["sampler"])
         sampler = self.loader.sampler
@@ -113,6 +113,10 @@ class TrainingLoop:
         self.objective.load_state(folder, self.env.rank)
         self.last_saved_step = self.step
         self.monitor.print(f"resumed from {folder} at step {self.step}, epoch {self.epoch}")
+        if state["saved_world_size"] != self.env.world_size:
+            self.monitor.print(f"the checkpoint was written by {state['saved_world_size']} rank(s), this run has "
+                               f"{self.env.world_size}: loaded through DeepSpeed's universal checkpoint, the data "
+                               "position re-sharded; dropout streams restart from this run's seeds")
 
     # ------------------------------------------------------------------ one step
     def _micro_step(self, batch: dict, device_sums: torch.Tensor, host_sums: list) -> torch.Tensor:

@@ -26,6 +26,9 @@ except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core import multiarray as _multiarray
 
 
+_torch_load = torch.load  # kept: checkpoint.py points torch.load here while DeepSpeed's converter runs
+
+
 class UnsafeCheckpointError(UserError, RuntimeError):
     """A checkpoint file holds something other than weights, optimizer state and plain data."""
 
@@ -48,7 +51,7 @@ def weights_only_load(path, map_location=None):
     else with an error naming the file and the global."""
     try:
         with torch.serialization.safe_globals(allowed_globals()):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return _torch_load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         parts = [part.strip() for part in str(error).split("\n\n") if part.strip()]
         # torch's message: a preamble, the refused global, a pointer to its documentation

@@ -158,9 +158,13 @@ def build_engine(job: Job, model):
     from interbert.training import ds_config as dsc
     from interbert.training.optimizer import adapt_to_device, describe_optimizer, parameter_groups
 
+    from interbert.training.checkpoint import needs_universal
+
     note = adapt_to_device(job.ds_config, job.device.type)
     if note:
         job.say(note)
+    if job.run.resume and needs_universal(job.run.checkpoint_dir, job.env.world_size):
+        job.ds_config.setdefault("checkpoint", {})["load_universal"] = True
     groups = parameter_groups(model, job.ds_config, job.run.deepspeed_config)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=dsc.for_engine(job.ds_config))
     seed_everything(job.run.seed + job.env.rank)
