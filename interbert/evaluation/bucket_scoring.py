@@ -35,42 +35,13 @@ def length_groups(lengths: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
     return [(int(length), torch.from_numpy(np.flatnonzero(values == length))) for length in np.unique(values)]
 
 
-def fused_qkv(layer) -> tuple[torch.Tensor, torch.Tensor]:
-    """The query, key and value projections of a layer as one (3H×H weight, 3H bias)."""
-    attention = layer.attention.self
-    projections = (attention.query, attention.key, attention.value)
-    return torch.cat([p.weight for p in projections]), torch.cat([p.bias for p in projections])
-
-
-def _split_heads(projected: torch.Tensor, heads: int) -> torch.Tensor:
-    batch, length, width = projected.shape
-    return projected.view(batch, length, heads, width // heads).transpose(1, 2)
-
-
-def unpadded_layer(layer, hidden: torch.Tensor, qkv: torch.Tensor | None = None,
-                   first_row_only: bool = False) -> torch.Tensor:
-    """One post-LN layer over B×L×H inputs without padding (attention without a mask). `qkv`:
-    the fused projections if already computed; `first_row_only`: compute token 0 only (B×1×H)."""
-    heads = layer.attention.self.num_heads
-    if qkv is None:
-        qkv = F.linear(hidden, *fused_qkv(layer))
-    query, key, value = qkv.chunk(3, dim=-1)
-    residual = hidden
-    if first_row_only:
-        query, residual = query[:, :1], hidden[:, :1]
-    mixed = F.scaled_dot_product_attention(*(_split_heads(p, heads) for p in (query, key, value)))
-    mixed = mixed.transpose(1, 2).reshape(residual.shape)
-    attended = layer.attention.output(mixed, residual)
-    return layer.output(layer.intermediate(attended), attended)
-
-
 def first_row_of_stack(stack, hidden: torch.Tensor) -> torch.Tensor:
     """A stream's extraction stack over unpadded B×L×H inputs, token 0 of its last layer: B×H."""
     if len(stack.layer) == 0:
         return hidden[:, 0]
     for layer in stack.layer[:-1]:
-        hidden = unpadded_layer(layer, hidden)
-    return unpadded_layer(stack.layer[-1], hidden, first_row_only=True)[:, 0]
+        hidden = layer(hidden, None)
+    return stack.layer[-1](hidden, None, first_row_only=True)[:, 0]
 
 
 def model_in_precision(model, precision: str):
@@ -94,7 +65,7 @@ class BucketScorer:
         self.backbone = self.model.interbert
         self.texts, self.images = texts, images
         with torch.inference_mode():
-            weight, bias = fused_qkv(self.backbone.interaction.layer[0])
+            weight, bias = self.backbone.interaction.layer[0].attention.self.fused_projection()
             self.text_hidden, self.image_hidden = texts.hidden.to(self.dtype), images.hidden.to(self.dtype)
             self.text_qkv = F.linear(self.text_hidden, weight, bias)
             self.image_qkv = F.linear(self.image_hidden, weight, bias)
@@ -144,9 +115,9 @@ class BucketScorer:
         """hidden: P×(r+t)×H embedded [regions ; text]; qkv: its first-layer projections."""
         backbone = self.backbone
         first, *rest = backbone.interaction.layer
-        hidden = unpadded_layer(first, hidden, qkv)
+        hidden = first(hidden, None, qkv)
         for layer in rest:
-            hidden = unpadded_layer(layer, hidden)
+            hidden = layer(hidden, None)
         image_first = first_row_of_stack(backbone.image_extraction, hidden[:, :r].contiguous())
         text_first = first_row_of_stack(backbone.text_extraction, hidden[:, r:].contiguous())
         logits = self.model.itm_head(backbone.text_pooler(text_first[:, None]),

@@ -33,8 +33,10 @@ class Attention(nn.Module):
         self.self = SelfAttentionScores(hidden_size, stream, implementation)
         self.output = ResidualOutput(hidden_size, hidden_size, stream.hidden_dropout_prob, eps)
 
-    def forward(self, hidden: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        return self.output(self.self(hidden, key_mask), hidden)
+    def forward(self, hidden: torch.Tensor, key_mask: torch.Tensor | None, qkv: torch.Tensor | None = None,
+                first_row_only: bool = False) -> torch.Tensor:
+        residual = hidden[:, :1] if first_row_only else hidden
+        return self.output(self.self(hidden, key_mask, qkv, first_row_only), residual)
 
 
 class Intermediate(nn.Module):
@@ -56,8 +58,12 @@ class TransformerLayer(nn.Module):
         self.output = ResidualOutput(stream.intermediate_size, hidden_size,
                                      stream.hidden_dropout_prob, eps)
 
-    def forward(self, hidden: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        attended = self.attention(hidden, key_mask)
+    def forward(self, hidden: torch.Tensor, key_mask: torch.Tensor | None, qkv: torch.Tensor | None = None,
+                first_row_only: bool = False) -> torch.Tensor:
+        """hidden: B×T×H; key_mask: B×T bool (None: no padding); qkv: the attention's fused projections
+        of `hidden` if already computed; first_row_only: compute token 0 only (B×1×H), all a pooler
+        reads. The one place this layer's math lives (training, inference and bucket scoring)."""
+        attended = self.attention(hidden, key_mask, qkv, first_row_only)
         return self.output(self.intermediate(attended), attended)
 
 

@@ -63,3 +63,25 @@ def test_bf16_forward_is_finite_and_close_to_fp32(small_config, batch_factory, i
     half = outputs(model.to(torch.bfloat16), batch).pooled_text.float()
     assert torch.isfinite(half).all()
     assert (half - reference).abs().max() < 0.1 * reference.abs().max() + 0.05
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_the_unpadded_paths_of_a_layer_equal_its_masked_forward(small_config, implementation):
+    """Bucket scoring calls the same layer without a mask, with projections computed beforehand and
+    with token 0 only; each must equal the ordinary masked forward over the same unpadded input."""
+    from interbert.modeling.layers import TransformerLayer
+
+    torch.manual_seed(0)
+    layer = TransformerLayer(small_config.hidden_size, small_config.interaction, small_config.layer_norm_eps,
+                             implementation).eval()
+    hidden = torch.randn(3, 7, small_config.hidden_size)
+    with torch.no_grad():
+        masked = layer(hidden, torch.ones(3, 7, dtype=torch.bool))
+        unmasked = layer(hidden, None)
+        qkv = torch.nn.functional.linear(hidden, *layer.attention.self.fused_projection())
+        projected = layer(hidden, None, qkv=qkv)
+        first = layer(hidden, None, qkv=qkv, first_row_only=True)
+    torch.testing.assert_close(unmasked, masked)
+    torch.testing.assert_close(projected, masked)
+    assert first.shape == (3, 1, small_config.hidden_size)
+    torch.testing.assert_close(first[:, 0], masked[:, 0])
