@@ -24,7 +24,7 @@ import torch
 
 from interbert.data.feature_store import FeatureStore, forget_environment
 from interbert.data.store_writer import FeatureStoreWriter
-from interbert.data.loader import build_pretraining_loader
+from interbert.data.loader import build_loader
 from interbert.data.manifests import write_manifest
 from interbert.data.pretraining_dataset import PretrainingDataset
 from interbert.data.record_format import RegionRecord
@@ -53,7 +53,7 @@ def build_corpus(out: Path, images: int, regions: int, seed: int = 0) -> tuple:
 
 def read_floor(dataset, batches: int, batch_size: int) -> float:
     """Samples/s of reading the records of the loader's first batches and stacking their bytes."""
-    loader = build_pretraining_loader(dataset, batch_size=batch_size, num_workers=0, seed=0)
+    loader = build_loader(dataset, batch_size=batch_size, num_workers=0, seed=0)
     order = list(iter(loader.sampler))[:(batches + 1) * batch_size]
     store = dataset.store
     ids = [dataset.image_ids[dataset.caption_image[i]] for i in order]
@@ -93,7 +93,7 @@ def handoff_ms(shape: tuple, repeats: int = 40) -> dict:
 
 def measure(dataset, workers: int, batches: int, batch_size: int) -> float:
     forget_environment(dataset.store.path)  # every configuration maps the store afresh
-    loader = build_pretraining_loader(dataset, batch_size=batch_size, num_workers=workers, seed=0)
+    loader = build_loader(dataset, batch_size=batch_size, num_workers=workers, seed=0)
     iterator = iter(loader)
     next(iterator)  # worker start-up is not throughput
     start, samples = time.perf_counter(), 0

@@ -42,12 +42,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from interbert.config import PRESETS, InterBertConfig  # noqa: E402
-from interbert.data.loader import build_pretraining_loader  # noqa: E402
+from interbert.data.loader import build_loader  # noqa: E402
 from interbert.data.pretraining_dataset import PretrainingDataset, PretrainingTasks  # noqa: E402
 from interbert.data.retrieval import RetrievalCorpus  # noqa: E402
 from interbert.data.synth import synthesize_corpus  # noqa: E402
 from interbert.evaluation.metrics import chance_metrics  # noqa: E402
-from interbert.finetuning.batching import build_loader, collate_choices  # noqa: E402
+from interbert.finetuning.batching import collate_choices  # noqa: E402
 from interbert.finetuning.flickr30k import Flickr30kTrainSet, HardNegativeMiner  # noqa: E402
 from interbert.finetuning.model import InterBertForFinetuning, TaskSpec  # noqa: E402
 from interbert.evaluation.full_retrieval import evaluate_full_retrieval  # noqa: E402
@@ -92,7 +92,7 @@ def pretrain(model, corpus: Path, text_task: str, region_task: str, args, seed: 
     tasks = PretrainingTasks(text_task=text_task, region_task=region_task, mrm_soft_labels=True)
     dataset = PretrainingDataset(corpus / "features", corpus / "captions.jsonl", split="train",
                                  max_regions=args.max_regions, tasks=tasks, seed=seed)
-    loader = build_pretraining_loader(dataset, args.pretrain_batch, seed=seed, drop_last=True)
+    loader = build_loader(dataset, args.pretrain_batch, seed=seed, drop_last=True)
     optimizer, schedule = _optimizer(model, args.pretrain_lr, args.pretrain_steps, args.warmup_fraction)
     model.train()
     for _, batch_inputs in zip(range(args.pretrain_steps), _cycle(loader)):
@@ -105,7 +105,7 @@ def finetune(pretraining, corpus: Path, args, seed: int):
     dataset = Flickr30kTrainSet(corpus / "features", corpus / "captions.jsonl", max_regions=args.max_regions,
                                 seed=seed)
     batch, refresh = args.finetune_batch, args.refresh_every
-    loader = build_loader(dataset, collate_choices, batch, seed=seed)
+    loader = build_loader(dataset, batch, seed=seed, drop_last=True, collate=collate_choices, samples_key="labels")
     miner = HardNegativeMiner(dataset, loader.sampler, pool_size=args.pool_size, refresh_every=refresh,
                               window=refresh * batch, device=torch.device("cpu"), dtype=torch.float32, seed=seed)
     optimizer, schedule = _optimizer(model, args.finetune_lr, args.finetune_steps, args.warmup_fraction)

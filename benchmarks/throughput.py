@@ -79,14 +79,14 @@ def batch_source(args, config: InterBertConfig, micro: int):
         batch = synthetic_batch(config, micro, args.text_tokens, args.regions, args.seed)
         while True:
             yield batch
-    from interbert.data.loader import build_pretraining_loader
+    from interbert.data.loader import build_loader
     from interbert.data.pretraining_dataset import PretrainingDataset, PretrainingTasks
 
     tasks = PretrainingTasks(mrm_soft_labels=config.mrm_loss == "kl")
     dataset = PretrainingDataset(args.data, args.captions, args.vocab, split=None,
                                  max_text_len=args.text_tokens, max_regions=args.regions - 1,
                                  tasks=tasks, seed=args.seed)
-    loader = build_pretraining_loader(dataset, micro, num_workers=args.workers, seed=args.seed,
+    loader = build_loader(dataset, micro, num_workers=args.workers, seed=args.seed,
                                       drop_last=True)
     epoch = 0
     while True:

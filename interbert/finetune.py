@@ -145,7 +145,7 @@ def run(args) -> int:
 
 
 def train(args, job, model, task, settings) -> int:
-    from interbert.finetuning.batching import build_loader
+    from interbert.data.loader import build_loader
     from interbert.finetuning.ema import ExponentialMovingAverage
     from interbert.finetuning.objective import FinetuneObjective
     from interbert.finetuning.settings import fill_schedule
@@ -165,8 +165,9 @@ def train(args, job, model, task, settings) -> int:
     say(f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters "
         f"({sum(t.numel() for t in frozen.values()):,} frozen: unused by {task.spec.name})")
     engine, optimizer = startup.build_engine(job, model)
-    loader = build_loader(task.train_set, task.collate, micro, rank=env.rank, world_size=env.world_size,
-                          seed=run.seed, num_workers=args.num_workers, worker_init_fn=ignore_stop_signals)
+    loader = build_loader(task.train_set, micro, rank=env.rank, world_size=env.world_size, seed=run.seed,
+                          num_workers=args.num_workers, drop_last=True, worker_init_fn=ignore_stop_signals,
+                          collate=task.collate, samples_key="labels")
     miner = None
     if task.miner_factory is not None:
         window = settings.hard_negatives.refresh_every * micro * ds_config["gradient_accumulation_steps"] + \

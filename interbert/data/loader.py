@@ -1,5 +1,6 @@
-"""The pretraining DataLoader: the shard sampler, batches built whole by the dataset, and
-resumable position tracking."""
+"""The one DataLoader of every training run (pretraining and each fine-tuning task): the shard
+sampler, resumable position tracking, and batches either built whole by the dataset (pretraining's
+`__getitems__`, with the shared-memory ring for workers) or collated from samples (fine-tuning)."""
 from __future__ import annotations
 
 import logging
@@ -33,10 +34,22 @@ def built_by_dataset(item: tuple) -> tuple:
     return item
 
 
-class PretrainingLoader(torch.utils.data.DataLoader):
+class NothingDropped:
+    """The collate step for a dataset of samples: ``collate(samples)`` in the form a dataset that
+    builds its own batches returns, ``(batch, dropped, failure)`` (picklable for workers)."""
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, samples: list) -> tuple:
+        return self.collate(samples), (), None
+
+
+class ResumableLoader(torch.utils.data.DataLoader):
     """A DataLoader that tells its sampler which samples the caller has received.
 
-    Yields the batch dicts of ``PretrainingDataset``. ``state_dict()`` / ``load_state_dict()``
+    Yields batch dicts (``samples_key`` names a key whose first dimension counts the batch's
+    samples). ``state_dict()`` / ``load_state_dict()``
     save and restore the position (epoch, samples consumed, dropped corrupt ones included);
     ``set_epoch(epoch)`` reshuffles the sampler and reseeds the dataset's masking. Workers are
     not persistent: each epoch's workers fork with the current epoch set. A worker counts the
@@ -44,8 +57,10 @@ class PretrainingLoader(torch.utils.data.DataLoader):
     ``dataset.skipped`` here.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, samples_key: str = "itm_labels", **kwargs):
         super().__init__(*args, **kwargs)
+        self.samples_key = samples_key
+        self._builds_batches = hasattr(self.dataset, "batch_bytes")  # and can fill the workers' ring
         self._running: list = []  # (DataLoader iterator, ring) of the epoch in progress
         self._ring: Optional[BatchRing] = None
         self._ring_failed = False  # shared memory too small for it: a segment per batch instead
@@ -55,7 +70,7 @@ class PretrainingLoader(torch.utils.data.DataLoader):
 
     def _batch_ring(self) -> Optional[BatchRing]:
         """The workers' ring (made once per loader), or None: no workers, or too little shared memory."""
-        if self.num_workers == 0 or self._ring_failed:
+        if self.num_workers == 0 or self._ring_failed or not self._builds_batches:
             return None
         if self._ring is None:
             slots = (self.prefetch_factor or 2) + 2
@@ -75,7 +90,8 @@ class PretrainingLoader(torch.utils.data.DataLoader):
         ring = self._batch_ring()
         if ring is not None:
             ring.reset()
-        self.dataset.batch_ring = ring
+        if self._builds_batches:
+            self.dataset.batch_ring = ring
         batches = super().__iter__()  # forks the workers, which inherit the ring
         self._running[:] = [(batches, ring)]
         try:
@@ -86,28 +102,32 @@ class PretrainingLoader(torch.utils.data.DataLoader):
                     batch = ring.unseal(batch, self.pin_memory)
                 if dropped and self.num_workers > 0:
                     self.dataset.skipped["corrupt record"] += len(dropped)
-                self.sampler.mark_consumed(batch["itm_labels"].shape[0] + len(dropped))
+                self.sampler.mark_consumed(batch[self.samples_key].shape[0] + len(dropped))
                 yield batch
         finally:
             stop_workers(self._running)
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
-        self.dataset.set_epoch(epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
 
     def state_dict(self) -> dict:
         return self.sampler.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
         self.sampler.load_state_dict(state)
-        self.dataset.set_epoch(self.sampler.epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(self.sampler.epoch)
 
 
-def build_pretraining_loader(dataset, batch_size: int, rank: int = 0, world_size: int = 1, num_workers: int = 0,
-                             seed: int = 0, shuffle: bool = True, drop_last: bool = False,
-                             bucket_by_length: bool = False, pin_memory: bool | None = None,
-                             prefetch_factor: int | None = None, worker_init_fn=None) -> PretrainingLoader:
-    """A loader over ``dataset`` (a PretrainingDataset) for one rank.
+def build_loader(dataset, batch_size: int, rank: int = 0, world_size: int = 1, num_workers: int = 0,
+                 seed: int = 0, shuffle: bool = True, drop_last: bool = False,
+                 bucket_by_length: bool = False, pin_memory: bool | None = None,
+                 prefetch_factor: int | None = None, worker_init_fn=None, collate=None,
+                 samples_key: str = "itm_labels") -> ResumableLoader:
+    """A loader over ``dataset`` for one rank: a PretrainingDataset (it builds whole batches), or
+    a dataset of samples with its ``collate`` function (fine-tuning; ``samples_key`` "labels").
 
     Batches are dicts of tensors (see ``PretrainingDataset``) of ``batch_size`` samples, fewer
     when ``skip_corrupt`` dropped some; with ``drop_last=False`` the epoch's last batch may be
@@ -120,9 +140,11 @@ def build_pretraining_loader(dataset, batch_size: int, rank: int = 0, world_size
     lengths = dataset.text_lengths() if bucket_by_length else None
     sampler = DistributedShardSampler(len(dataset), rank=rank, world_size=world_size, seed=seed, shuffle=shuffle,
                                       drop_last=drop_last, lengths=lengths, batch_size=batch_size)
-    dataset.set_epoch(sampler.epoch)
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(sampler.epoch)
     extra = {"prefetch_factor": prefetch_factor} if num_workers > 0 and prefetch_factor else {}
-    return PretrainingLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=built_by_dataset,
-                             num_workers=num_workers, drop_last=drop_last,
-                             pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-                             persistent_workers=False, worker_init_fn=worker_init_fn, **extra)
+    return ResumableLoader(dataset, batch_size=batch_size, sampler=sampler, samples_key=samples_key,
+                           collate_fn=built_by_dataset if collate is None else NothingDropped(collate),
+                           num_workers=num_workers, drop_last=drop_last,
+                           pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+                           persistent_workers=False, worker_init_fn=worker_init_fn, **extra)

@@ -141,18 +141,3 @@ def fill_global_token(features, counts=None) -> None:
         total = real.float().sum(-2)
     count = torch.as_tensor(real.shape[-2] if counts is None else counts, dtype=torch.float32)
     rows[..., 0, :] = total.div_(count.clamp(min=1)[..., None])
-
-
-def pad_regions(images: list, length: int | None = None) -> dict:
-    """images: list of (features (n+1)×F, locations (n+1)×5) → region tensors, padded to
-    ``length`` rows (default: the longest): region_features N×R×F float16, region_locations
-    N×R×5 float32, region_mask N×R bool."""
-    length = length or max(f.shape[0] for f, _ in images)
-    size = images[0][0].shape[1]
-    features = np.zeros((len(images), length, size), dtype=np.float16)
-    locations = np.zeros((len(images), length, 5), dtype=np.float32)
-    mask = np.zeros((len(images), length), dtype=bool)
-    for row, (f, loc) in enumerate(images):
-        features[row, :len(f)], locations[row, :len(f)], mask[row, :len(f)] = f, loc, True
-    return {"region_features": torch.from_numpy(features), "region_locations": torch.from_numpy(locations),
-            "region_mask": torch.from_numpy(mask)}

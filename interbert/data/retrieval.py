@@ -10,7 +10,8 @@ import torch
 from interbert.data.feature_store import FeatureStore
 from interbert.data.manifests import read_manifest
 from interbert.data.pretraining_dataset import DatasetError, caption_batch
-from interbert.data.regions import fill_global_token, image_inputs, pad_regions
+from interbert.data.padding import pad_regions
+from interbert.data.regions import fill_global_token, image_inputs
 from interbert.data.tokenization import load_tokenizer, tokenize_captions
 
 

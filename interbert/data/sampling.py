@@ -14,7 +14,7 @@ batches' order is shuffled. Consecutive ``batch_size`` indices then form batches
 length, which cuts padding.
 
 Resume: ``consumed`` counts the samples of this epoch the training loop has received (the loader
-from ``build_pretraining_loader`` advances it on each delivered batch, so prefetching does not
+from ``build_loader`` advances it on each delivered batch, so prefetching does not
 distort it). ``state_dict()`` / ``load_state_dict()`` save and restore ``(epoch, consumed)``;
 the next iteration starts exactly after the last delivered sample.
 """

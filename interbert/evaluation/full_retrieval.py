@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from interbert.data.regions import pad_regions, select_regions
+from interbert.data.padding import pad_regions
+from interbert.data.regions import select_regions
 from interbert.evaluation.metrics import chance_metrics, format_table, retrieval_metrics
 from interbert.evaluation.bucket_scoring import BucketScorer, length_groups, model_in_precision
 from interbert.evaluation.pair_scoring import Embedded, PairEmbedder, embed_in_chunks, pairs_per_batch

@@ -26,8 +26,8 @@ from interbert.data.manifests import read_manifest
 from interbert.data.pretraining_dataset import DatasetError
 from interbert.data.regions import fill_global_token, image_inputs
 from interbert.data.tokenization import load_tokenizer, tokenize_captions
-from interbert.data.regions import pad_regions
-from interbert.finetuning.batching import pad_texts, sample_rng
+from interbert.data.padding import pad_regions, pad_texts
+from interbert.finetuning.batching import sample_rng
 from interbert.evaluation.full_retrieval import score_all_pairs
 from interbert.evaluation.pair_scoring import PairEmbedder, embed_in_chunks
 

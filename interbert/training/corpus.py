@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from interbert.config import InterBertConfig
-from interbert.data.loader import PretrainingLoader, build_pretraining_loader
+from interbert.data.loader import ResumableLoader, build_loader
 from interbert.data.pretraining_dataset import PretrainingDataset, PretrainingTasks
 from interbert.errors import UserError
 
@@ -18,8 +18,8 @@ class CorpusError(UserError, ValueError):
 
 @dataclass
 class RunData:
-    train: PretrainingLoader
-    validation: PretrainingLoader | None
+    train: ResumableLoader
+    validation: ResumableLoader | None
 
 
 def check_paths(features: str | None, captions: list[str] | None) -> None:
@@ -66,7 +66,7 @@ def build_run_data(*, features: str, captions: list[str], vocab: str | None,
             "train_micro_batch_size_per_gpu")
     # drop_last: every optimizer step sees full micro-batches on every rank (one is short only
     # where skip_corrupt dropped a sample).
-    train = build_pretraining_loader(train_set, micro_batch, rank=rank, world_size=world_size,
+    train = build_loader(train_set, micro_batch, rank=rank, world_size=world_size,
                                      num_workers=num_workers, seed=seed, shuffle=True,
                                      drop_last=True)
     train.worker_init_fn = ignore_stop_signals
@@ -79,7 +79,7 @@ def build_run_data(*, features: str, captions: list[str], vocab: str | None,
                                          tasks=train_set.tasks, skip_corrupt=skip_corrupt)
         except ValueError as error:
             raise CorpusError(f"validation split {validation_split!r}: {error}") from None
-        validation = build_pretraining_loader(val_set, micro_batch, rank=rank,
+        validation = build_loader(val_set, micro_batch, rank=rank,
                                               world_size=world_size, num_workers=0, seed=seed,
                                               shuffle=False, drop_last=False)
     return RunData(train, validation)

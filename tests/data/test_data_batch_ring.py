@@ -11,7 +11,7 @@ import torch
 
 from interbert.data import loader as loader_module
 from interbert.data.batch_ring import BatchRing, BatchRingClosed, RingView
-from interbert.data.loader import build_pretraining_loader
+from interbert.data.loader import build_loader
 from interbert.data.pretraining_dataset import PretrainingDataset, PretrainingTasks
 
 
@@ -27,8 +27,8 @@ def same(a: list, b: list) -> bool:
 
 
 def test_batches_held_by_the_caller_survive_the_ring_reuse(dataset):
-    expected = list(build_pretraining_loader(dataset, batch_size=16, seed=3, num_workers=0))
-    loader = build_pretraining_loader(dataset, batch_size=16, seed=3, num_workers=2)
+    expected = list(build_loader(dataset, batch_size=16, seed=3, num_workers=0))
+    loader = build_loader(dataset, batch_size=16, seed=3, num_workers=2)
     held = list(loader)  # 15 batches through 2 workers x 4 slots: every slot is reused
     assert loader._ring.slots == 4 and len(held) == 15
     assert same(expected, held)
@@ -37,8 +37,8 @@ def test_batches_held_by_the_caller_survive_the_ring_reuse(dataset):
 
 
 def test_an_abandoned_epoch_does_not_block_the_next(dataset):
-    expected = list(build_pretraining_loader(dataset, batch_size=16, seed=3, num_workers=0))
-    loader = build_pretraining_loader(dataset, batch_size=16, seed=3, num_workers=1, prefetch_factor=2)
+    expected = list(build_loader(dataset, batch_size=16, seed=3, num_workers=0))
+    loader = build_loader(dataset, batch_size=16, seed=3, num_workers=1, prefetch_factor=2)
     iterator = iter(loader)
     next(iterator)  # the worker has filled the slots it may; then the caller walks away
     del iterator
@@ -63,8 +63,8 @@ def test_without_shared_memory_for_the_ring_each_batch_gets_its_own(dataset, mon
         raise RuntimeError("unable to allocate shared memory")
 
     monkeypatch.setattr(loader_module, "BatchRing", no_memory)
-    expected = list(build_pretraining_loader(dataset, batch_size=16, seed=3, num_workers=0))
+    expected = list(build_loader(dataset, batch_size=16, seed=3, num_workers=0))
     with caplog.at_level(logging.WARNING, logger="interbert.data"):
-        got = list(build_pretraining_loader(dataset, batch_size=16, seed=3, num_workers=1))
+        got = list(build_loader(dataset, batch_size=16, seed=3, num_workers=1))
     assert same(expected, got)
     assert "no shared memory for the data-loader workers' batch ring" in caplog.text and "--shm-size" in caplog.text

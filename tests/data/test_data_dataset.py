@@ -8,7 +8,7 @@ import torch
 from data_test_helpers import make_record, put_raw, write_manifest_lines, write_store
 from interbert.data.record_format import encode_record
 from interbert.data.feature_store import CorruptRecordError
-from interbert.data.loader import build_pretraining_loader
+from interbert.data.loader import build_loader
 from interbert.data.pretraining_dataset import DatasetError, PretrainingDataset, PretrainingTasks
 
 BATCH_KEYS = ["input_ids", "token_type_ids", "text_mask", "region_features", "region_locations", "region_mask",
@@ -112,7 +112,7 @@ def test_loader_stops_with_one_line_or_counts_the_skip(tmp_path, vocab_file, wor
     store, manifest = corpus(tmp_path, records, [entry(str(i), f"a dog number {i}") for i in range(4)])
     put_raw(store, "2", encode_record(records[2])[:3000])
     tasks = PretrainingTasks(itm_negative_prob=0.0)
-    loader = build_pretraining_loader(PretrainingDataset(store, manifest, vocab_file, tasks=tasks), batch_size=4,
+    loader = build_loader(PretrainingDataset(store, manifest, vocab_file, tasks=tasks), batch_size=4,
                                       num_workers=workers, shuffle=False)
     with pytest.raises(CorruptRecordError) as caught:
         next(iter(loader))
@@ -120,7 +120,7 @@ def test_loader_stops_with_one_line_or_counts_the_skip(tmp_path, vocab_file, wor
     assert "Traceback" not in str(caught.value) and "\n" not in str(caught.value)
 
     dataset = PretrainingDataset(store, manifest, vocab_file, tasks=tasks, skip_corrupt=True)
-    loader = build_pretraining_loader(dataset, batch_size=4, num_workers=workers, shuffle=False)
+    loader = build_loader(dataset, batch_size=4, num_workers=workers, shuffle=False)
     batches = list(loader)
     assert [b["itm_labels"].shape[0] for b in batches] == [3]
     assert dataset.skipped["corrupt record"] == 1 and loader.sampler.consumed == 4

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from interbert.data.loader import build_pretraining_loader
+from interbert.data.loader import build_loader
 from interbert.data.pretraining_dataset import PretrainingDataset
 from interbert.data.sampling import DistributedShardSampler
 
@@ -85,7 +85,7 @@ def dataset(synth_corpus, vocab_file):
 
 
 def test_loader_resumes_mid_epoch_with_identical_batches(dataset):
-    loader = build_pretraining_loader(dataset, batch_size=8, seed=4)
+    loader = build_loader(dataset, batch_size=8, seed=4)
     loader.set_epoch(1)
     batches = list(loader)
     loader.set_epoch(1)
@@ -94,7 +94,7 @@ def test_loader_resumes_mid_epoch_with_identical_batches(dataset):
         next(iterator)
     state = loader.state_dict()
     assert state["consumed"] == 24 and state["epoch"] == 1
-    fresh = build_pretraining_loader(dataset, batch_size=8, seed=4)
+    fresh = build_loader(dataset, batch_size=8, seed=4)
     fresh.load_state_dict(state)
     for expected, got in zip(batches[3:], fresh, strict=True):
         for key in expected:
@@ -102,8 +102,8 @@ def test_loader_resumes_mid_epoch_with_identical_batches(dataset):
 
 
 def test_loader_with_two_forked_workers_matches_the_main_process(dataset):
-    single = list(build_pretraining_loader(dataset, batch_size=16, seed=1, num_workers=0))
-    workers = list(build_pretraining_loader(dataset, batch_size=16, seed=1, num_workers=2))
+    single = list(build_loader(dataset, batch_size=16, seed=1, num_workers=0))
+    workers = list(build_loader(dataset, batch_size=16, seed=1, num_workers=2))
     assert len(single) == len(workers) == 15
     for a, b in zip(single, workers):
         assert all(torch.equal(a[key], b[key]) for key in a)

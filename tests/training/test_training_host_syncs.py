@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-from training_test_helpers import PRETRAIN, REPO, VOCAB, explain, subprocess_env, write_ds_config
+from training_test_helpers import REPO, VOCAB, explain, subprocess_env, write_ds_config
 
 STEPS, LOG_EVERY = 6, 3
 
