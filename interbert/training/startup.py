@@ -108,7 +108,9 @@ def prepare(run: RunSettings, prefix: str, raw_config: dict | None = None, *, tr
 def start(job: Job):
     """The process group (collective), CPU threads, and the run's first lines."""
     from interbert.training.distributed import init_process_group
+    from interbert.training.extensions import check_build_locks
 
+    check_build_locks(job.say)  # the process group's start may compile an op: never wait on a dead build
     env = init_process_group(job.placement, job.device)
     job.env = env
     set_cpu_threads(job.placement, job.device, job.say)

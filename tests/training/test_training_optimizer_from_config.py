@@ -22,3 +22,17 @@ def test_the_configs_optimizer_type_is_what_runs(corpus, tmp_path):
     run_config = json.loads((output / "run_config.json").read_text())
     assert run_config["optimizer"].startswith("torch.optim.Adagrad")
     assert run_config["deepspeed_config"]["optimizer"]["type"] == "Adagrad"
+
+
+def test_zero_offload_runs_deepspeeds_cpu_adam(corpus, tmp_path):
+    """ZeRO-Offload in the config: DeepSpeed's own CPU Adam, not the CPU substitute of FusedAdam
+    (its C++ op is built by ./run.sh setup)."""
+    config = write_ds_config(tmp_path / "ds.json", micro=2, world=1,
+                             zero_optimization={"stage": 1, "offload_optimizer": {"device": "cpu"}})
+    output = tmp_path / "run"
+    args = pretrain_args(corpus, config, output, "--max-steps", "2", "--validation-split", "", "--eval-images", "0")
+    result = subprocess.run([sys.executable, *args], cwd=REPO, env=subprocess_env(), capture_output=True,
+                            text=True, timeout=400)
+    assert result.returncode == 0, explain(result)
+    assert "optimizer: deepspeed.ops.adam.cpu_adam.DeepSpeedCPUAdam, built by DeepSpeed" in result.stdout
+    assert "torch_adam" not in result.stdout and "step 2/2" in result.stdout
