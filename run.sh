@@ -23,10 +23,10 @@ setup() {
         "$PY" -m pip install --quiet --disable-pip-version-check -e ".[dev]"
         touch "$stamp"
     fi
-    # DeepSpeed's compiled ops that CPU runs use, built now so that no run compiles (or waits on a
-    # build lock a killed start left behind)
-    DS_ACCELERATOR=${DS_ACCELERATOR:-cpu} "$PY" -m interbert.training.extensions
     export PATH="$PWD/$VENV/bin:$PATH"
+    # DeepSpeed's compiled ops that CPU runs use, built now so that no run compiles (or waits on a
+    # build lock a killed start left behind). With the PATH the runs have: another ninja rebuilds.
+    DS_ACCELERATOR=${DS_ACCELERATOR:-cpu} "$PY" -m interbert.training.extensions
 }
 
 main_job() {

@@ -23,7 +23,6 @@ from interbert.errors import UserError
 
 STALE_AFTER_SECONDS = 60.0  # a younger lock may belong to a build that has not started its compiler yet
 WAIT_SECONDS = float(os.environ.get("INTERBERT_BUILD_LOCK_WAIT", "120"))
-CPU_OPS = ("ShareMemCommBuilder", "CPUAdamBuilder")
 
 
 class StaleBuildLock(UserError, RuntimeError):
@@ -93,13 +92,21 @@ def check_build_locks(say=print, root: Path | None = None, wait_seconds: float |
             "the ops first with ./run.sh setup")
 
 
+def cpu_op_builders() -> dict:
+    """The builders exactly as DeepSpeed's CPU runs reach them (another route to an op of the same
+    name compiles it with other flags, and the two would rebuild over each other): the process
+    group's shared-memory all-reduce through the accelerator, CPU Adam from `deepspeed.ops`."""
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.ops.op_builder import CPUAdamBuilder
+
+    return {"shared-memory all-reduce": get_accelerator().create_op_builder("ShareMemCommBuilder"),
+            "CPU Adam (ZeRO-Offload)": CPUAdamBuilder()}
+
+
 def build_cpu_ops(say=print) -> list[str]:
     """Compile (or find compiled) the DeepSpeed ops a CPU run uses; returns their names."""
-    from deepspeed.accelerator import get_accelerator
-
     built = []
-    for name in CPU_OPS:
-        builder = get_accelerator().create_op_builder(name)
+    for name, builder in cpu_op_builders().items():
         if builder is None or not builder.is_compatible():
             say(f"{name}: not available for this accelerator, skipped")
             continue
