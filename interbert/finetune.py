@@ -30,6 +30,7 @@ from interbert.config import PRESETS, InterBertConfig  # noqa: E402
 from interbert.data.tokenization import find_vocab  # noqa: E402
 from interbert.errors import UsageError, run_reporting_user_errors  # noqa: E402
 from interbert.training.precision import PRECISIONS  # noqa: E402
+from interbert.training.startup import add_guard_arguments  # noqa: E402
 
 
 
@@ -76,12 +77,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     length.add_argument("--max-steps", type=int, help="optimizer steps (default: the config's epochs)")
     length.add_argument("--epochs", type=float, help="epochs (default: finetune.epochs of the config)")
     run.add_argument("--save-every", type=int, default=1000, help="checkpoint every N steps (0: end only)")
-    run.add_argument("--keep-last", type=int, default=2, help="checkpoints kept (0: all)")
+    run.add_argument("--keep-last", type=int, default=2, help="older checkpoints kept besides the newest (0: all)")
     run.add_argument("--log-every", type=int, default=50)
     run.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: at the end)")
     run.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoints")
     run.add_argument("--seed", type=int, default=42)
     run.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the DeepSpeed launcher")
+    add_guard_arguments(parser.add_argument_group("divergence guard"))
 
 
 def check_args(args) -> None:
@@ -188,7 +190,7 @@ def train(args, job, model, task, settings) -> int:
     loop = TrainingLoop(engine=engine, objective=objective, loader=loader, monitor=monitor, env=env,
                         precision=precision, checkpoint_dir=run.checkpoint_dir,
                         schedule=Schedule(max_steps, steps_per_epoch, run.log_every, run.save_every,
-                                          run.keep_last, run.eval_every))
+                                          run.keep_last, run.eval_every), guard=run.guard)
     status = startup.run_loop(loop, run.resume)
     if status == 0 and loop.step >= max_steps:
         results = loop.evaluate() if not run.eval_every or loop.step % run.eval_every else None

@@ -29,6 +29,7 @@ from interbert.config import PRESETS, InterBertConfig  # noqa: E402
 from interbert.data.tokenization import find_vocab  # noqa: E402
 from interbert.errors import UsageError, run_reporting_user_errors  # noqa: E402
 from interbert.training.precision import PRECISIONS  # noqa: E402
+from interbert.training.startup import add_guard_arguments  # noqa: E402
 
 
 
@@ -81,7 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "warm-up in proportion) to this run's length")
     run.add_argument("--save-every", type=int, default=1000,
                      help="checkpoint every N steps (default 1000; 0: at the end only)")
-    run.add_argument("--keep-last", type=int, default=3, help="checkpoints to keep (default 3; 0: all)")
+    run.add_argument("--keep-last", type=int, default=3,
+                     help="older checkpoints kept besides the newest (default 3; 0: all)")
     run.add_argument("--log-every", type=int, default=50, help="console and TensorBoard every N steps (default 50)")
     run.add_argument("--eval-every", type=int, default=0,
                      help="validate every N steps (default 0: only at the end)")
@@ -90,6 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--seed", type=int, default=42, help="seed of every random draw (default 42)")
     run.add_argument("--local_rank", "--local-rank", type=int, default=None,
                      help="set by the DeepSpeed launcher")
+    add_guard_arguments(parser.add_argument_group("divergence guard"))
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -196,7 +199,8 @@ def train(args, job, model_config) -> int:
                         precision=precision, checkpoint_dir=run.checkpoint_dir, peak_flops=peak.flops_per_second,
                         schedule=Schedule(max_steps=max_steps, steps_per_epoch=steps_per_epoch,
                                           log_every=run.log_every, save_every=run.save_every,
-                                          keep_last=run.keep_last, eval_every=run.eval_every))
+                                          keep_last=run.keep_last, eval_every=run.eval_every),
+                        guard=run.guard)
     status = startup.run_loop(loop, run.resume)
     if status == 0 and loop.step >= max_steps:
         if not run.eval_every or loop.step % run.eval_every:

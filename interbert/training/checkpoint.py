@@ -3,8 +3,9 @@
 A checkpoint is `<output>/checkpoints/global_step<N>/` as DeepSpeed writes it (model states by
 rank 0, one ZeRO optimizer partition per rank) plus our client state: epoch, step, the data
 sampler's position and every rank's random-number states (python, numpy, torch), gathered to
-rank 0 because DeepSpeed stores client state once. `latest` names the newest; older ones beyond
-`keep_last` are deleted after every rank has finished writing. `global_step<N>/interbert_run.json`
+rank 0 because DeepSpeed stores client state once. `latest` names the newest; of the older ones,
+the newest `keep_last` stay (the newest of all is kept besides: its weights are not judged good until
+the next step's loss is known) and the rest are deleted after every rank has finished writing. `global_step<N>/interbert_run.json`
 records the step and the world size that wrote it.
 
 Another world size: ZeRO partitions the optimizer state by rank, so a checkpoint written by W ranks
@@ -96,7 +97,10 @@ def save(engine, directory: Path, *, step: int, epoch: int, sampler_state: dict,
         (directory / tag / RUN_FILE).write_text(json.dumps({"step": step, "world_size": len(rng_states)}) + "\n")
     barrier()
     if rank == 0 and keep_last > 0:
-        for _, old in list_checkpoints(directory)[:-keep_last]:
+        # The newest checkpoint is not known good until the next step's loss is judged (its weights
+        # produce it): keep_last counts the older ones, which the divergence guard has passed.
+        older = [path for saved, path in list_checkpoints(directory) if saved < step]
+        for old in older[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     barrier()
     return directory / tag

@@ -25,6 +25,7 @@ from interbert.evaluation.retrieval import to_device
 from interbert.training import checkpoint
 from interbert.training.batches import fetch_across_epochs
 from interbert.training.distributed import ControlChannel, DistributedEnvironment, all_reduce_sum, barrier
+from interbert.training.guard import Diverged, DivergenceGuard, GuardSettings
 from interbert.training.monitor import Monitor, StepTimer, format_duration
 from interbert.training.objective import Objective
 from interbert.training.precision import PrecisionChoice
@@ -63,7 +64,8 @@ class _PendingStep:
 
 class TrainingLoop:
     def __init__(self, *, engine, objective: Objective, loader, monitor: Monitor, env: DistributedEnvironment,
-                 precision: PrecisionChoice, schedule: Schedule, checkpoint_dir: Path, peak_flops: float = 0.0):
+                 precision: PrecisionChoice, schedule: Schedule, checkpoint_dir: Path, peak_flops: float = 0.0,
+                 guard: GuardSettings = GuardSettings()):
         self.engine, self.objective, self.loader, self.monitor = engine, objective, loader, monitor
         self.env, self.precision, self.schedule = env, precision, schedule
         self.checkpoint_dir, self.peak_flops = checkpoint_dir, peak_flops
@@ -76,6 +78,7 @@ class TrainingLoop:
         self.stop = StopRequest()
         self.control = ControlChannel(env)
         self.check_nonfinite = not precision.uses_loss_scaling
+        self.guard = DivergenceGuard(guard, precision.uses_loss_scaling)
         self._iterator = None
         self._pending: list[_PendingStep] = []
         self._last_values: dict[str, float] = {}
@@ -93,7 +96,7 @@ class TrainingLoop:
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> Path:
         self.flush()
-        path = checkpoint.save(self.engine, self.checkpoint_dir, step=self.step, epoch=self.epoch,
+        path = checkpoint.save(self.engine, self.checkpoint_dir, step=self.step, epoch=self.epoch,  # judged: kept
                                sampler_state=self.loader.state_dict(), keep_last=self.schedule.keep_last,
                                rank=self.env.rank, extra=self.objective.checkpoint_extra())
         self.objective.save_state(path, self.env.rank)
@@ -175,7 +178,8 @@ class TrainingLoop:
 
     # ------------------------------------------------------------------ reading the sums
     def flush(self) -> None:
-        """Sum the pending steps over ranks, read them once, and log one record per step."""
+        """Sum the pending steps over ranks, read them once, log one record per step and judge each
+        (the divergence guard: raises Diverged naming the first bad step, after logging them all)."""
         if not self._pending:
             return
         pending, self._pending = self._pending, []
@@ -188,6 +192,7 @@ class TrainingLoop:
         self.host_reads += 1
         width = table.shape[1]
         names = (*self.device_slots, *self.host_slots)
+        diverged = None
         for row, step in enumerate(pending):
             sums = dict(zip(names, read[row * width:(row + 1) * width].tolist()))
             values = self.objective.step_values(sums)
@@ -199,6 +204,14 @@ class TrainingLoop:
             self.monitor.record({"step": step.step, "epoch": step.epoch,
                                  **{k.split("/", 1)[1]: v for k, v in values.items()}})
             self._last_values = values
+            if diverged is None:
+                try:
+                    norm = values["train/grad_norm"] if step.grad_norm is not None else None  # None: not computed
+                    self.guard.judge(step.step, values["train/loss"], norm, step.skipped_steps)
+                except Diverged as error:
+                    diverged = error
+        if diverged is not None:
+            raise diverged
 
     def _log_window(self, timer: StepTimer, start_step: int, run_start: float) -> None:
         self.flush()
@@ -229,17 +242,25 @@ class TrainingLoop:
             self.stop.uninstall()
 
     def _train(self) -> int:
-        schedule = self.schedule
         timer, start_step, run_start = StepTimer(), self.step, time.perf_counter()
         self.engine.train()
+        self.guard.last_skipped_total = int(self.engine.skipped_steps)
+        try:
+            return self._steps(timer, start_step, run_start)
+        except NonFiniteLoss as error:
+            self._flush_quietly()
+            self.monitor.print(f"non-finite loss: {error}; {self._last_good(error_step=self.step + 1)}")
+        except Diverged as error:
+            self.monitor.print(f"the run diverged at {error}; stopped without saving; "
+                               f"{self._last_good(error_step=error.step)}")
+        self.monitor.flush()
+        return EXIT_NONFINITE
+
+    def _steps(self, timer: StepTimer, start_step: int, run_start: float) -> int:
+        schedule = self.schedule
         self.objective.between_steps(self.engine.module, self.step, schedule.max_steps)
         while self.step < schedule.max_steps:
-            try:
-                stop = self._train_step(timer)
-            except NonFiniteLoss as error:
-                self.flush()
-                self._report_nonfinite(error)
-                return EXIT_NONFINITE
+            stop = self._train_step(timer)
             if self.step % schedule.log_every == 0 or self.step == schedule.max_steps:
                 self._log_window(timer, start_step, run_start)
             if stop:
@@ -259,14 +280,22 @@ class TrainingLoop:
             self.save()
         return EXIT_OK
 
-    def _report_nonfinite(self, error: NonFiniteLoss) -> None:
-        # The loss of step N is computed with the weights of checkpoint N-1: that one is not good.
-        bad_step = self.step + 1
-        good = [step for step, _ in checkpoint.list_checkpoints(self.checkpoint_dir) if step < bad_step - 1]
-        where = (f"the last good checkpoint is {checkpoint.tag_for(good[-1])} in {self.checkpoint_dir} (resume "
-                 "from it by writing its name into the latest file there, e.g. with a lower learning rate or "
-                 "fp32)" if good else "no checkpoint from before it exists")
-        self.monitor.print(f"non-finite loss: {error}; {where}")
+    def _flush_quietly(self) -> None:
+        """Log what is pending; a divergence found there changes nothing about the stop under way."""
+        try:
+            self.flush()
+        except Diverged:
+            pass
+
+    def _last_good(self, error_step: int) -> str:
+        """The newest checkpoint that is good: the loss of step N is computed with the weights of
+        checkpoint N-1, so that one already holds what went wrong."""
+        good = [step for step, _ in checkpoint.list_checkpoints(self.checkpoint_dir) if step < error_step - 1]
+        if not good:
+            return "no checkpoint from before it exists"
+        return (f"the last good checkpoint is {checkpoint.tag_for(good[-1])} in {self.checkpoint_dir} (to resume "
+                f"from it: echo {checkpoint.tag_for(good[-1])} > {self.checkpoint_dir / 'latest'}, then --resume, "
+                "e.g. with a lower learning rate, gradient clipping or fp32)")
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:

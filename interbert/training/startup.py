@@ -40,6 +40,9 @@ class RunSettings:
     resume: bool = False
     seed: int = 42
     local_rank: int | None = None
+    loss_spike_factor: float = 10.0
+    loss_spike_history: int = 20
+    max_skipped_steps: int = 50
 
     @classmethod
     def from_args(cls, args) -> "RunSettings":
@@ -56,13 +59,32 @@ class RunSettings:
                 raise UsageError(f"--{flag.replace('_', '-')} must be positive, got {value}")
         if self.epochs is not None and self.epochs <= 0:
             raise UsageError(f"--epochs must be positive, got {self.epochs}")
-        for flag in ("save_every", "keep_last", "eval_every"):
+        for flag in ("save_every", "keep_last", "eval_every", "loss_spike_factor", "loss_spike_history",
+                     "max_skipped_steps"):
             if getattr(self, flag) < 0:
                 raise UsageError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(self, flag)}")
 
     @property
     def checkpoint_dir(self) -> Path:
         return self.output_dir / "checkpoints"
+
+    @property
+    def guard(self):
+        from interbert.training.guard import GuardSettings
+
+        return GuardSettings(self.loss_spike_factor, self.loss_spike_history, self.max_skipped_steps)
+
+
+def add_guard_arguments(group) -> None:
+    """The divergence guard's flags (training/guard.py), shared by both entry points."""
+    group.add_argument("--loss-spike-factor", type=float, default=10.0,
+                       help="stop when a step's loss exceeds this many times the median of the previous steps' "
+                            "(default 10; 0: never)")
+    group.add_argument("--loss-spike-history", type=int, default=20,
+                       help="steps of loss history before spikes are judged (default 20)")
+    group.add_argument("--max-skipped-steps", type=int, default=50,
+                       help="fp16: stop after this many consecutive steps skipped by the loss scaler "
+                            "(default 50; 0: never)")
 
 
 @dataclass
