@@ -83,7 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoints")
     run.add_argument("--seed", type=int, default=42)
     run.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the DeepSpeed launcher")
-    add_guard_arguments(parser.add_argument_group("divergence guard"))
+    add_guard_arguments(parser.add_argument_group("divergence guard and watchdog"))
 
 
 def check_args(args) -> None:
@@ -190,7 +190,8 @@ def train(args, job, model, task, settings) -> int:
     loop = TrainingLoop(engine=engine, objective=objective, loader=loader, monitor=monitor, env=env,
                         precision=precision, checkpoint_dir=run.checkpoint_dir,
                         schedule=Schedule(max_steps, steps_per_epoch, run.log_every, run.save_every,
-                                          run.keep_last, run.eval_every), guard=run.guard)
+                                          run.keep_last, run.eval_every),
+                        guard=run.guard, rank_timeout=run.rank_timeout)
     status = startup.run_loop(loop, run.resume)
     if status == 0 and loop.step >= max_steps:
         results = loop.evaluate() if not run.eval_every or loop.step % run.eval_every else None

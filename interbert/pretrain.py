@@ -92,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--seed", type=int, default=42, help="seed of every random draw (default 42)")
     run.add_argument("--local_rank", "--local-rank", type=int, default=None,
                      help="set by the DeepSpeed launcher")
-    add_guard_arguments(parser.add_argument_group("divergence guard"))
+    add_guard_arguments(parser.add_argument_group("divergence guard and watchdog"))
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -200,7 +200,7 @@ def train(args, job, model_config) -> int:
                         schedule=Schedule(max_steps=max_steps, steps_per_epoch=steps_per_epoch,
                                           log_every=run.log_every, save_every=run.save_every,
                                           keep_last=run.keep_last, eval_every=run.eval_every),
-                        guard=run.guard)
+                        guard=run.guard, rank_timeout=run.rank_timeout)
     status = startup.run_loop(loop, run.resume)
     if status == 0 and loop.step >= max_steps:
         if not run.eval_every or loop.step % run.eval_every:

@@ -116,14 +116,19 @@ def job_device(placement: JobPlacement) -> torch.device:
     return torch.device("cpu")
 
 
-def init_process_group(placement: JobPlacement, device: torch.device) -> DistributedEnvironment:
-    """DeepSpeed's process group (gloo on a CPU, NCCL on CUDA), without its MPI discovery."""
+def init_process_group(placement: JobPlacement, device: torch.device,
+                       timeout_seconds: float | None = None) -> DistributedEnvironment:
+    """DeepSpeed's process group (gloo on a CPU, NCCL on CUDA), without its MPI discovery.
+    `timeout_seconds`: how long a collective waits for a silent rank (DeepSpeed's default: 30 min)."""
+    from datetime import timedelta
+
     import deepspeed
 
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+    extra = {"timeout": timedelta(seconds=timeout_seconds)} if timeout_seconds else {}
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, **extra)
     if device.type == "cpu":
         atexit.register(remove_cpu_allreduce_buffer, placement.rank)
     return DistributedEnvironment(placement.rank, placement.world_size, placement.local_rank,

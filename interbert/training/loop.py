@@ -30,6 +30,7 @@ from interbert.training.monitor import Monitor, StepTimer, format_duration
 from interbert.training.objective import Objective
 from interbert.training.precision import PrecisionChoice
 from interbert.training.stopping import StopRequest
+from interbert.training.watchdog import Heartbeat, LauncherWatch
 
 EXIT_OK = 0
 EXIT_NONFINITE = 3
@@ -65,7 +66,7 @@ class _PendingStep:
 class TrainingLoop:
     def __init__(self, *, engine, objective: Objective, loader, monitor: Monitor, env: DistributedEnvironment,
                  precision: PrecisionChoice, schedule: Schedule, checkpoint_dir: Path, peak_flops: float = 0.0,
-                 guard: GuardSettings = GuardSettings()):
+                 guard: GuardSettings = GuardSettings(), rank_timeout: float = 300.0):
         self.engine, self.objective, self.loader, self.monitor = engine, objective, loader, monitor
         self.env, self.precision, self.schedule = env, precision, schedule
         self.checkpoint_dir, self.peak_flops = checkpoint_dir, peak_flops
@@ -79,6 +80,7 @@ class TrainingLoop:
         self.control = ControlChannel(env)
         self.check_nonfinite = not precision.uses_loss_scaling
         self.guard = DivergenceGuard(guard, precision.uses_loss_scaling)
+        self.rank_timeout = rank_timeout
         self._iterator = None
         self._pending: list[_PendingStep] = []
         self._last_values: dict[str, float] = {}
@@ -236,6 +238,9 @@ class TrainingLoop:
     def train(self) -> int:
         """Run until max_steps, a stop signal or a non-finite loss; returns the exit status."""
         self.stop.install()
+        if self.env.launcher != "single process":
+            LauncherWatch(self.stop).start()
+            Heartbeat(self.env.rank, self.env.world_size, self.rank_timeout).start()
         try:
             return self._train()
         finally:

@@ -43,6 +43,7 @@ class RunSettings:
     loss_spike_factor: float = 10.0
     loss_spike_history: int = 20
     max_skipped_steps: int = 50
+    rank_timeout: float = 300.0
 
     @classmethod
     def from_args(cls, args) -> "RunSettings":
@@ -60,7 +61,7 @@ class RunSettings:
         if self.epochs is not None and self.epochs <= 0:
             raise UsageError(f"--epochs must be positive, got {self.epochs}")
         for flag in ("save_every", "keep_last", "eval_every", "loss_spike_factor", "loss_spike_history",
-                     "max_skipped_steps"):
+                     "max_skipped_steps", "rank_timeout"):
             if getattr(self, flag) < 0:
                 raise UsageError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(self, flag)}")
 
@@ -76,7 +77,8 @@ class RunSettings:
 
 
 def add_guard_arguments(group) -> None:
-    """The divergence guard's flags (training/guard.py), shared by both entry points."""
+    """The flags of the divergence guard (training/guard.py) and the silent-rank watchdog
+    (training/watchdog.py), shared by both entry points."""
     group.add_argument("--loss-spike-factor", type=float, default=10.0,
                        help="stop when a step's loss exceeds this many times the median of the previous steps' "
                             "(default 10; 0: never)")
@@ -85,6 +87,10 @@ def add_guard_arguments(group) -> None:
     group.add_argument("--max-skipped-steps", type=int, default=50,
                        help="fp16: stop after this many consecutive steps skipped by the loss scaler "
                             "(default 50; 0: never)")
+    group.add_argument("--rank-timeout", type=float, default=300.0,
+                       help="seconds a rank may stay silent (stopped, hung, its node lost) before the others end "
+                            "the job naming it; collectives time out a minute later (default 300; 0: DeepSpeed's "
+                            "30 minutes, no watchdog)")
 
 
 @dataclass
@@ -133,7 +139,8 @@ def start(job: Job):
     from interbert.training.extensions import check_build_locks
 
     check_build_locks(job.say)  # the process group's start may compile an op: never wait on a dead build
-    env = init_process_group(job.placement, job.device)
+    timeout = job.run.rank_timeout + 60 if job.run.rank_timeout else None  # the watchdog speaks first
+    env = init_process_group(job.placement, job.device, timeout)
     job.env = env
     set_cpu_threads(job.placement, job.device, job.say)
     job.say(f"{env.world_size} rank(s) via {env.launcher}, device {job.device}, backend {env.backend}")

@@ -29,6 +29,11 @@ class StopRequest:
             signal.signal(number, handler)
         self._previous.clear()
 
+    def request(self, reason: str) -> None:
+        """A stop for another reason than a signal (e.g. the launcher is gone), said in the log."""
+        if self.signal_name is None:
+            self.signal_name = reason
+
     def _handle(self, number, frame) -> None:
         if self.signal_name is not None and number == signal.SIGINT:
             # A second Ctrl-C means "now": give up on the clean stop.

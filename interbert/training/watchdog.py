@@ -1,0 +1,125 @@
+"""Two watchdogs that keep a job from running on unwatched or hanging for half an hour.
+
+- `LauncherWatch`: the launcher (the `deepspeed` command, torchrun, mpirun) is gone, e.g. killed
+  with SIGTERM, which ends it at once without waiting for its ranks. Each rank notices within a
+  second and turns it into a stop request: the ranks agree at the next step, save and exit.
+- `Heartbeat`: a rank that stops answering (SIGSTOP, a hung kernel, a dead node) would block every
+  other rank in its next collective until the collective timeout. Each rank bumps a counter in
+  the job's rendezvous store every second from a thread of its own; each watches the others'. A
+  counter that has not moved for `timeout` seconds ends the watching rank with one line naming the
+  silent rank, its host and pid (exit status 4); the launcher then ends the rest. A store that
+  stops answering means rank 0, whose process serves it, is the one.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+LAUNCHER_MARKERS = ("deepspeed", "torchrun", "torch.distributed.run", "mpirun", "orterun", "prterun", "orted")
+EXIT_SILENT_RANK = 4
+
+
+def _stat(pid: int) -> tuple[int, str] | None:
+    """(parent pid, start time) of a live process, None when it is gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[1]), fields[19]
+
+
+def launcher_processes(pid: int | None = None) -> list[tuple[int, str]]:
+    """(pid, start time) of this process's ancestors that belong to its launcher."""
+    found, pid = [], os.getppid() if pid is None else pid
+    while pid > 1:
+        stat = _stat(pid)
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            break
+        if stat is None or not any(marker in command for marker in LAUNCHER_MARKERS):
+            break
+        found.append((pid, stat[1]))
+        pid = stat[0]
+    return found
+
+
+class LauncherWatch:
+    def __init__(self, stop, interval: float = 1.0):
+        self.stop, self.interval = stop, interval
+        self.watched = launcher_processes()
+
+    def start(self) -> "LauncherWatch":
+        if self.watched:
+            threading.Thread(target=self._watch, name="interbert-launcher-watch", daemon=True).start()
+        return self
+
+    def _watch(self) -> None:
+        while True:
+            for pid, started in self.watched:
+                stat = _stat(pid)
+                if stat is None or stat[1] != started:
+                    self.stop.request(f"the launcher, pid {pid}, exited")
+                    return
+            time.sleep(self.interval)
+
+
+class Heartbeat:
+    def __init__(self, rank: int, world_size: int, timeout: float, interval: float = 1.0):
+        self.rank, self.world_size, self.timeout, self.interval = rank, world_size, timeout, interval
+        self.prefix = f"interbert/heartbeat/{os.environ.get('MASTER_PORT', '')}"
+
+    def start(self) -> "Heartbeat":
+        if self.world_size > 1 and self.timeout > 0:
+            threading.Thread(target=self._run, name="interbert-heartbeat", daemon=True).start()
+        return self
+
+    def _store(self):
+        from torch.distributed import TCPStore
+
+        return TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                        timeout=timedelta(seconds=self.timeout), wait_for_workers=False)
+
+    def _run(self) -> None:
+        try:
+            store = self._store()
+            store.set(f"{self.prefix}/who/{self.rank}", f"{socket.gethostname()} pid {os.getpid()}")
+        except Exception as error:  # noqa: BLE001 - a store we cannot reach: the job's own checks report it
+            print(f"[watchdog] rank {self.rank}: no heartbeat ({error.__class__.__name__}: {error})", flush=True)
+            return
+        seen = {other: (-1, time.monotonic()) for other in range(self.world_size) if other != self.rank}
+        beat = 0
+        while True:
+            beat += 1
+            try:
+                store.set(f"{self.prefix}/beat/{self.rank}", str(beat))
+                now = time.monotonic()
+                for other, (last, since) in seen.items():
+                    value = int(store.get(f"{self.prefix}/beat/{other}")) if store.check(
+                        [f"{self.prefix}/beat/{other}"]) else -1
+                    if value != last:
+                        seen[other] = (value, now)
+                    elif now - since > self.timeout:
+                        self._end(other, now - since, self._who(store, other))
+            except Exception:  # noqa: BLE001 - the store's server lives in rank 0's process
+                self._end(0, self.timeout, "the rendezvous store's host")
+            time.sleep(self.interval)
+
+    def _who(self, store, other: int) -> str:
+        try:
+            return store.get(f"{self.prefix}/who/{other}").decode()
+        except Exception:  # noqa: BLE001
+            return "unknown host"
+
+    def _end(self, other: int, silent: float, who: str) -> None:
+        print(f"[watchdog] rank {self.rank}: rank {other} ({who}) has not answered for {silent:.0f} s (stopped, "
+              f"hung or its node lost; --rank-timeout sets the limit): ending this rank so the job does not hang",
+              file=sys.stderr, flush=True)
+        os._exit(EXIT_SILENT_RANK)
