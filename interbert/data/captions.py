@@ -28,6 +28,7 @@ from typing import Iterable, Iterator, Optional
 from urllib.parse import urlparse
 
 from interbert.data.manifests import write_manifest
+from interbert.data.text_files import NotUtf8Error, utf8_errors_named
 from interbert.errors import UserError
 
 FORMATS = ("coco", "cc", "sbu", "flickr30k")
@@ -51,8 +52,10 @@ def image_id_from_url(url: str, index: int, rule: str) -> str:
 
 def _load_json(path: str, needed: str) -> dict:
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8") as handle, utf8_errors_named(path):
             data = json.load(handle)
+    except NotUtf8Error:
+        raise
     except ValueError as error:
         raise CaptionFormatError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(data, dict) or needed not in data:
@@ -82,7 +85,7 @@ def coco_captions(path: str, split: Optional[str] = None) -> Iterator[tuple]:
 def cc_captions(path: str, split: Optional[str] = None, id_rule: str = "index") -> Iterator[tuple]:
     """``(where, entry)`` per row of a Conceptual Captions ``caption<TAB>url`` file."""
     csv.field_size_limit(min(sys.maxsize, 2 ** 31 - 1))
-    with open(path, newline="", encoding="utf-8") as handle:
+    with open(path, newline="", encoding="utf-8") as handle, utf8_errors_named(path):
         for index, row in enumerate(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)):
             where = f"{path}:{index + 1}"
             if len(row) != 2:
@@ -102,7 +105,8 @@ def sbu_captions(paths: list, split: Optional[str] = None, id_rule: str = "index
             raise CaptionFormatError(f"{paths[0]}: an SBU JSON needs 'captions' and 'image_urls' lists")
         source = paths[0]
     elif len(paths) == 2:
-        with open(paths[0], encoding="utf-8") as c, open(paths[1], encoding="utf-8") as u:
+        with open(paths[0], encoding="utf-8") as c, open(paths[1], encoding="utf-8") as u, \
+                utf8_errors_named(*paths):
             captions = [line.rstrip("\n") for line in c]
             urls = [line.strip() for line in u]
         source = paths[0]

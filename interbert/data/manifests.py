@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from interbert.data.text_files import utf8_errors_named
 from interbert.errors import UserError
 
 MANIFEST_KEYS = ("image_id", "caption", "split", "source")
@@ -33,7 +34,7 @@ def read_manifest(path: str | os.PathLike) -> Iterator[tuple]:
 
     Raises ManifestError for a line that is not a JSON object with the four keys.
     """
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8") as handle, utf8_errors_named(path):
         for line_number, line in enumerate(handle, 1):
             if not line.strip():
                 continue

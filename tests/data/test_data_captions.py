@@ -133,3 +133,27 @@ def test_split_names_outside_train_val_test_restval_are_named(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "4 captions (Train 2, restval 1, train 1)" in out
     assert "note: splits 'Train' (2 lines) are not one of train, val, test, restval" in out
+
+
+@pytest.mark.parametrize("fmt, name, body", [
+    ("cc", "cc_train.tsv", b"a dog\thttp://x/1.jpg\ncaf\xe9 chair\thttp://x/2.jpg\n"),
+    ("coco", "captions_val2014.json", b'{"annotations": [\n{"image_id": 1, "caption": "caf\xe9"}]}\n'),
+])
+def test_a_caption_file_that_is_not_utf8_is_named_with_its_line(tmp_path, capsys, fmt, name, body):
+    from interbert.cli import main
+
+    source = tmp_path / name
+    source.write_bytes(body)
+    assert main(["data", "captions", "--format", fmt, "--out", str(tmp_path / "m.jsonl"), str(source)]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {source}:2: byte 0xe9 at column {body.splitlines()[1].index(0xe9) + 1} "
+                                               "is not UTF-8; convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+
+
+def test_a_manifest_that_is_not_utf8_is_named_with_its_line(tmp_path):
+    from interbert.data.text_files import NotUtf8Error
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_bytes(b'{"image_id": "1", "caption": "ok", "split": "train"}\n'
+                         b'{"image_id": "2", "caption": "caf\xe9", "split": "train"}\n')
+    with pytest.raises(NotUtf8Error, match=rf"^{manifest}:2: byte 0xe9 at column 34 is not UTF-8"):
+        list(read_manifest(manifest))
