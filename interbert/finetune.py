@@ -127,6 +127,7 @@ def run(args) -> int:
     from interbert.finetuning.tasks import build_task
     from interbert.training import ds_config as dsc
     from interbert.training import startup
+    from interbert.training.corpus import check_feature_size
 
     check_args(args)
     args.vocab = find_vocab(args.vocab, {"--init-model": args.init_model, "--init-bert": args.init_bert})
@@ -141,6 +142,9 @@ def run(args) -> int:
         job.say(note)
     startup.seed_everything(run_settings.seed)
     model = build_model(args, task.spec, job.say)
+    for flag in ("features", "gt_features"):
+        if getattr(args, flag):
+            check_feature_size(getattr(args, flag), model.config, f"--{flag.replace('_', '-')}")
     if args.eval_only:
         return evaluate_only(args, model, task, job)
     return train(args, job, model, task, settings)

@@ -140,7 +140,7 @@ def build_model(args, model_config, say):
 
 def run(args: argparse.Namespace) -> int:
     from interbert.training import startup
-    from interbert.training.corpus import check_paths
+    from interbert.training.corpus import check_feature_size, check_paths
 
     check_args(args)
     job = startup.prepare(startup.RunSettings.from_args(args), "pretrain")
@@ -149,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise UsageError(str(error)) from None
     check_paths(args.features, args.captions)
+    check_feature_size(args.features, model_config)
     args.vocab = find_vocab(args.vocab, {"--init-bert": args.init_bert, "--init-model": args.init_model})
     startup.start(job)
     return train(args, job, model_config)

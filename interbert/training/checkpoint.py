@@ -29,8 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from interbert.errors import UserError
 from interbert.training.distributed import all_gather_objects, barrier
 from interbert.training.safe_load import load_checkpoints_safely, weights_only_load
+
+class PrecisionMismatch(UserError, ValueError):
+    pass
+
 
 TAG_PATTERN = re.compile(r"^global_step(\d+)$")
 CLIENT_STATE_VERSION = 1
@@ -74,7 +79,7 @@ def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
 
 
 def save(engine, directory: Path, *, step: int, epoch: int, sampler_state: dict,
-         keep_last: int, rank: int, extra: dict | None = None) -> Path:
+         keep_last: int, rank: int, extra: dict | None = None, precision: str | None = None) -> Path:
     """Collective: every rank must call it at the same step."""
     rng_states = all_gather_objects(capture_rng_state())
     sampler_states = all_gather_objects(sampler_state)
@@ -94,7 +99,8 @@ def save(engine, directory: Path, *, step: int, epoch: int, sampler_state: dict,
     tag = tag_for(step)
     engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=True)
     if rank == 0:
-        (directory / tag / RUN_FILE).write_text(json.dumps({"step": step, "world_size": len(rng_states)}) + "\n")
+        written = {"step": step, "world_size": len(rng_states), "precision": precision}
+        (directory / tag / RUN_FILE).write_text(json.dumps(written) + "\n")
     barrier()
     if rank == 0 and keep_last > 0:
         # The newest checkpoint is not known good until the next step's loss is judged (its weights
@@ -122,13 +128,30 @@ def check_latest(directory: Path) -> None:
     raise FileNotFoundError(f"--resume: {directory / 'latest'} names {tag}, which {state}; {hint}")
 
 
-def saved_world_size(directory: Path) -> int | None:
-    """The world size that wrote the checkpoint `latest` names (None when it does not say)."""
+def saved_run(directory: Path) -> dict:
+    """What the checkpoint `latest` names records of the run that wrote it (step, world_size,
+    precision); empty when it records nothing."""
     try:
         tag = (directory / "latest").read_text().strip()
-        return int(json.loads((directory / tag / RUN_FILE).read_text())["world_size"])
-    except (OSError, ValueError, KeyError):
-        return None
+        return dict(json.loads((directory / tag / RUN_FILE).read_text()))
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+def saved_world_size(directory: Path) -> int | None:
+    """The world size that wrote the checkpoint `latest` names (None when it does not say)."""
+    size = saved_run(directory).get("world_size")
+    return None if size is None else int(size)
+
+
+def check_precision(directory: Path, precision: str) -> None:
+    """A checkpoint resumes in the precision that wrote it: ZeRO keeps its optimizer partitions in
+    files named by precision, so another one would stop with a missing internal file."""
+    saved = saved_run(directory).get("precision")
+    if saved and saved != precision:
+        tag = (directory / "latest").read_text().strip()
+        raise PrecisionMismatch(f"--resume: {directory / tag} was written in {saved}, this run is {precision}; "
+                                f"resume with --precision {saved} (or a config with {saved} enabled)")
 
 
 def needs_universal(directory: Path, world_size: int) -> bool:

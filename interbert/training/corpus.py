@@ -37,6 +37,19 @@ def check_paths(features: str | None, captions: list[str] | None) -> None:
             raise CorpusError(f"--captions {path}: no such file")
 
 
+def check_feature_size(features: str, model_config: InterBertConfig, flag: str = "--features") -> None:
+    """The store's region features have the width the model takes; otherwise one line naming both,
+    before anything is built (the mismatch would otherwise surface as a shape error mid-forward)."""
+    from interbert.data.feature_store import FeatureStore
+
+    size = FeatureStore(features).metadata.feature_size
+    if size != model_config.region_feature_size:
+        raise CorpusError(f"{flag} {features}: its region features have {size} values, the model takes "
+                          f"{model_config.region_feature_size} (region_feature_size): use a store of the model's "
+                          "detector, or a model config with region_feature_size "
+                          f"{size} (--model-config)")
+
+
 def tasks_for(model_config: InterBertConfig, store_has_class_probs: bool) -> PretrainingTasks:
     """The masking tasks the model's loss needs (the KL MRM target needs class distributions)."""
     wants_soft = model_config.mrm_loss == "kl"

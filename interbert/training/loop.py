@@ -100,7 +100,8 @@ class TrainingLoop:
         self.flush()
         path = checkpoint.save(self.engine, self.checkpoint_dir, step=self.step, epoch=self.epoch,  # judged: kept
                                sampler_state=self.loader.state_dict(), keep_last=self.schedule.keep_last,
-                               rank=self.env.rank, extra=self.objective.checkpoint_extra())
+                               rank=self.env.rank, extra=self.objective.checkpoint_extra(),
+                               precision=self.precision.name)
         self.objective.save_state(path, self.env.rank)
         barrier()
         self.last_saved_step = self.step

@@ -130,6 +130,10 @@ def prepare(run: RunSettings, prefix: str, raw_config: dict | None = None, *, tr
         if not run.resume and latest.is_file():
             raise UsageError(f"{run.checkpoint_dir} already holds checkpoints: pass --resume to continue "
                              "that run, or choose another --output-dir")
+        if run.resume:
+            from interbert.training.checkpoint import check_precision
+
+            check_precision(run.checkpoint_dir, precision.name)
     return Job(run, placement, ds_config, device, precision, say)
 
 

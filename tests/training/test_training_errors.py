@@ -116,3 +116,27 @@ def test_invalid_model_config_names_the_file(args, capsys, tmp_path):
     without_preset = [a for a in args if a not in ("--preset", "tiny")]
     _fails_with(without_preset + ["--model-config", str(model_config)], capsys,
                 "model.json", "hidden_size 100")
+
+
+def test_a_store_of_another_feature_width_is_named_before_training(args, tmp_path, capsys):
+    from interbert.config import InterBertConfig
+
+    model_config = tmp_path / "model.json"
+    InterBertConfig.from_preset("tiny", region_feature_size=1024).to_json_file(model_config)
+    args = [a for a in args if a not in ("--preset", "tiny")] + ["--model-config", str(model_config)]
+    _fails_with(args, capsys, "--features", "its region features have 2048 values, the model takes 1024",
+                "region_feature_size")
+
+
+def test_resuming_a_bf16_checkpoint_in_fp32_names_the_precisions(corpus, tmp_path, capsys):
+    config = write_ds_config(tmp_path / "bf16.json", micro=4, world=1, precision="bf16")
+    output = tmp_path / "run"
+    first = [PRETRAIN, "--deepspeed_config", str(config), "--preset", "tiny", "--features", str(corpus / "features"),
+             "--captions", str(corpus / "captions.jsonl"), "--output-dir", str(output), "--max-steps", "1",
+             "--vocab", VOCAB, "--validation-split", "", "--eval-images", "0"]
+    result = subprocess.run([sys.executable, *first], cwd=REPO, env=subprocess_env(), capture_output=True,
+                            text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = first[1:] + ["--resume", "--precision", "fp32", "--max-steps", "2"]
+    _fails_with(resumed, capsys, f"--resume: {output / 'checkpoints' / 'global_step1'} was written in bf16, "
+                                 "this run is fp32; resume with --precision bf16")
