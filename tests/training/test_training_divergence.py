@@ -47,22 +47,39 @@ def test_consecutive_skipped_fp16_steps_have_a_limit():
         guard.judge(8, 0.0, float("inf"), 7)
 
 
-def test_a_diverging_run_stops_keeps_the_good_checkpoint_and_names_it(corpus, tmp_path):
-    # fp32, learning rate 3 without clipping: the loss goes from about 11 to about 300 at step 4.
-    config = write_ds_config(tmp_path / "ds.json", micro=2, world=1, lr=3.0, total_steps=40, gradient_clipping=0.0)
+def run_until_it_breaks(corpus, tmp_path, lr: float, *extra: str):
+    """fp32 from one process, no clipping, a checkpoint every step and --keep-last 1."""
+    config = write_ds_config(tmp_path / "ds.json", micro=2, world=1, lr=lr, total_steps=40, gradient_clipping=0.0)
     output = tmp_path / "run"
     args = pretrain_args(corpus, config, output, "--max-steps", "25", "--save-every", "1", "--keep-last", "1",
-                         "--log-every", "5", "--loss-spike-history", "2", "--validation-split", "",
-                         "--eval-images", "0")
+                         "--validation-split", "", "--eval-images", "0", *extra)
     result = subprocess.run([sys.executable, *args], cwd=REPO, env=subprocess_env(), capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 3, explain(result)
+    assert not (output / "model").exists()  # no model from bad weights
     log = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
+    return result, output, log
+
+
+def checkpoints(output) -> list[str]:
+    return sorted(p.name for p in (output / "checkpoints").glob("global_step*"))
+
+
+def test_a_diverging_run_stops_keeps_the_good_checkpoint_and_names_it(corpus, tmp_path):
+    # learning rate 3: the loss goes from about 11 to about 300 at step 4, without a NaN
+    result, output, log = run_until_it_breaks(corpus, tmp_path, 3.0, "--log-every", "5", "--loss-spike-history", "2")
     bad = log[-1]["step"]
     assert log[-1]["loss"] > 10 * log[-2]["loss"]
     good = f"global_step{bad - 2}"  # checkpoint bad-1 holds the weights that gave the bad loss
     assert f"the run diverged at step {bad}: the loss" in result.stdout
     assert f"the last good checkpoint is {good}" in result.stdout
-    checkpoints = sorted(p.name for p in (output / "checkpoints").glob("global_step*"))
-    assert good in checkpoints and f"global_step{bad}" not in checkpoints  # kept despite --keep-last 1
-    assert not (output / "model").exists()  # no model from diverged weights
+    assert good in checkpoints(output) and f"global_step{bad}" not in checkpoints(output)  # despite --keep-last 1
+
+
+def test_a_nan_names_the_checkpoint_before_the_one_that_produced_it(corpus, tmp_path):
+    # learning rate 1e6, the spike check off: step 4's loss is NaN
+    result, output, log = run_until_it_breaks(corpus, tmp_path, 1e6, "--log-every", "1", "--loss-spike-factor", "0")
+    bad = log[-1]["step"] + 1  # the NaN step is stopped before its update and not logged
+    assert f"non-finite loss: step {bad}: the loss was not finite" in result.stdout
+    assert f"the last good checkpoint is global_step{bad - 2}" in result.stdout
+    assert f"global_step{bad - 2}" in checkpoints(output)
