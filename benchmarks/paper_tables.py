@@ -9,10 +9,11 @@ with MSM + MRM + ITM (the paper's tasks) and one with MLM + MOM + ITM (Table 2's
 zero-shot retrieval of both on the test split; then Flickr30K-style 4-way fine-tuning (with
 hard negatives and the binary ITM loss) of both and of a model without multi-modal pretraining,
 and the full retrieval evaluation of each. Every cell is the mean ± standard deviation over
-the seeds, printed with the settings and the chance level of the test split used. Pretraining
-and fine-tuning here run a plain PyTorch loop (AdamW, linear warm-up and decay) over the
-project's datasets, model and losses, because the DeepSpeed engine's start-up would dominate
-runs this short; `interbert/pretrain.py` and `interbert/finetune.py` are the engine-backed paths.
+the seeds, printed with the settings and the chance level of the test split used. Every run goes
+through the real entry points, one process each, in the DeepSpeed engine (fp32, ZeRO-1, AdamW,
+linear warm-up and decay): `interbert/pretrain.py --tasks msm,mrm,itm` or `--tasks mlm,mom,itm`,
+then `interbert/finetune.py --task flickr30k` (and its `--eval-only` for zero-shot). Each run's
+folder under `--work-dir` keeps its DeepSpeed config, console log, run_config.json and model.
 
 The defaults follow what the CPU demo (`./run.sh`, docs/training.md) needed before a model
 trained from scratch matched words to regions at all: a corpus of few object classes
@@ -30,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,111 +42,94 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from interbert.config import PRESETS, InterBertConfig  # noqa: E402
-from interbert.data.loader import build_loader  # noqa: E402
-from interbert.data.pretraining_dataset import PretrainingDataset, PretrainingTasks  # noqa: E402
 from interbert.data.retrieval import RetrievalCorpus  # noqa: E402
 from interbert.data.synth import synthesize_corpus  # noqa: E402
+from interbert.data.tokenization import default_vocab_file  # noqa: E402
 from interbert.evaluation.metrics import chance_metrics  # noqa: E402
-from interbert.finetuning.batching import collate_choices  # noqa: E402
-from interbert.finetuning.flickr30k import Flickr30kTrainSet, HardNegativeMiner  # noqa: E402
-from interbert.finetuning.model import InterBertForFinetuning, TaskSpec  # noqa: E402
-from interbert.evaluation.full_retrieval import evaluate_full_retrieval  # noqa: E402
-from interbert.modeling import InterBertForPretraining  # noqa: E402
-from interbert.training.optimizer import decay_parameter_groups  # noqa: E402
 
 RECALLS = ("t2i_r@1", "t2i_r@5", "t2i_r@10")
-ROWS = ("w/o pretraining", "MLM+MOM+ITM", "MSM+MRM+ITM")
-
-
-def _optimizer(model, lr: float, steps: int, warmup_fraction: float):
-    """AdamW with a linear warm-up over ``warmup_fraction`` of ``steps`` (at least one step), then
-    a linear decay to zero at ``steps``."""
-    optimizer = torch.optim.AdamW(decay_parameter_groups(model, 0.01), lr=lr, eps=1e-6)
-    warmup = warmup_steps(steps, warmup_fraction)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(steps - warmup, 1))))
-    return optimizer, schedule
+ROWS = {"w/o pretraining": None, "MLM+MOM+ITM": "mlm,mom,itm", "MSM+MRM+ITM": "msm,mrm,itm"}
 
 
 def warmup_steps(steps: int, fraction: float) -> int:
     return max(1, round(steps * fraction))
 
 
-def _update(model, optimizer, schedule, loss) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
-    schedule.step()
+def ds_config(batch: int, lr: float, steps: int, warmup_fraction: float, finetune: dict | None = None) -> dict:
+    """One process, fp32, ZeRO-1, AdamW with a linear warm-up over `warmup_fraction` of the steps,
+    then a linear decay to zero."""
+    config = {"train_batch_size": batch, "train_micro_batch_size_per_gpu": batch, "gradient_clipping": 1.0,
+              "optimizer": {"type": "AdamW", "params": {"lr": lr, "eps": 1e-6, "weight_decay": 0.01}},
+              "scheduler": {"type": "WarmupDecayLR",
+                            "params": {"warmup_min_lr": 0.0, "warmup_max_lr": lr, "warmup_type": "linear",
+                                       "warmup_num_steps": warmup_steps(steps, warmup_fraction),
+                                       "total_num_steps": steps}},
+              "zero_optimization": {"stage": 1}, "tensorboard": {"enabled": False}}
+    if finetune is not None:
+        config["finetune"] = finetune
+    return config
 
 
-def _cycle(loader):
-    epoch = 0
-    while True:
-        loader.set_epoch(epoch)
-        yield from loader
-        epoch += 1
+def entry_point(module: str, config: dict, output: Path, *args: str) -> Path:
+    """`python -m interbert.<module>` with `config` as its DeepSpeed config, one process; returns `output`."""
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "ds_config.json").write_text(json.dumps(config, indent=2))
+    command = [sys.executable, "-m", f"interbert.{module}", "--deepspeed_config", str(output / "ds_config.json"),
+               "--output-dir", str(output), "--num-workers", "0", *args]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")})
+    (output / "console.log").write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited {result.returncode}; see {output / 'console.log'}:\n"
+                           f"{result.stderr[-2000:]}")
+    return output
 
 
-def pretrain(model, corpus: Path, text_task: str, region_task: str, args, seed: int):
-    tasks = PretrainingTasks(text_task=text_task, region_task=region_task, mrm_soft_labels=True)
-    dataset = PretrainingDataset(corpus / "features", corpus / "captions.jsonl", split="train",
-                                 max_regions=args.max_regions, tasks=tasks, seed=seed)
-    loader = build_loader(dataset, args.pretrain_batch, seed=seed, drop_last=True)
-    optimizer, schedule = _optimizer(model, args.pretrain_lr, args.pretrain_steps, args.warmup_fraction)
-    model.train()
-    for _, batch_inputs in zip(range(args.pretrain_steps), _cycle(loader)):
-        _update(model, optimizer, schedule, model(**batch_inputs).loss)
-    return model.eval()
+def pretrain(corpus: Path, tasks: str, args, seed: int, output: Path) -> Path:
+    """interbert/pretrain.py --tasks TASKS; returns the model directory."""
+    config = ds_config(args.pretrain_batch, args.pretrain_lr, args.pretrain_steps, args.warmup_fraction)
+    entry_point("pretrain", config, output, "--preset", args.preset, "--tasks", tasks, "--seed", str(seed),
+                "--features", str(corpus / "features"), "--captions", str(corpus / "captions.jsonl"),
+                "--vocab", args.vocab, "--max-regions", str(args.max_regions), "--max-steps", str(args.pretrain_steps),
+                "--validation-split", "", "--eval-images", "0", "--save-every", "0",
+                "--log-every", str(max(args.pretrain_steps // 10, 1)))
+    return output / "model"
 
 
-def finetune(pretraining, corpus: Path, args, seed: int):
-    model = InterBertForFinetuning(pretraining, TaskSpec("flickr30k", "retrieval"))
-    dataset = Flickr30kTrainSet(corpus / "features", corpus / "captions.jsonl", max_regions=args.max_regions,
-                                seed=seed)
-    batch, refresh = args.finetune_batch, args.refresh_every
-    loader = build_loader(dataset, batch, seed=seed, drop_last=True, collate=collate_choices, samples_key="labels")
-    miner = HardNegativeMiner(dataset, loader.sampler, pool_size=args.pool_size, refresh_every=refresh,
-                              window=refresh * batch, device=torch.device("cpu"), dtype=torch.float32, seed=seed)
-    optimizer, schedule = _optimizer(model, args.finetune_lr, args.finetune_steps, args.warmup_fraction)
-    model.train()
-    for step, batch_inputs in zip(range(args.finetune_steps), _cycle(loader)):
-        if step % refresh == 0:
-            miner.refresh(model.pretraining)
-        batch_inputs = {k: v for k, v in batch_inputs.items() if not k.startswith("count_")}
-        _update(model, optimizer, schedule, model(**batch_inputs).loss)
-    return model.pretraining.eval()
-
-
-def recalls(model, corpus: RetrievalCorpus) -> dict:
-    metrics = evaluate_full_retrieval(model, corpus).full.metrics
+def flickr30k(corpus: Path, model: Path | None, args, seed: int, output: Path, eval_only: bool = False) -> dict:
+    """interbert/finetune.py --task flickr30k (4-way, hard negatives, binary ITM loss, no EMA), or its
+    --eval-only evaluation; returns the test split's recalls in %."""
+    section = {"task": "flickr30k", "max_regions": args.max_regions, "retrieval_loss": "binary",
+               "hard_negatives": {"enabled": True, "pool_size": args.pool_size, "refresh_every": args.refresh_every},
+               "ema": {"enabled": False}}
+    config = ds_config(args.finetune_batch, args.finetune_lr, args.finetune_steps, args.warmup_fraction, section)
+    source = ["--init-model", str(model)] if model else ["--preset", args.preset]
+    length = ["--eval-only"] if eval_only else ["--max-steps", str(args.finetune_steps)]
+    entry_point("finetune", config, output, "--task", "flickr30k", *source, *length, "--seed", str(seed),
+                "--features", str(corpus / "features"), "--captions", str(corpus / "captions.jsonl"),
+                "--vocab", args.vocab, "--eval-split", "test", "--log-every", str(max(args.finetune_steps // 5, 1)))
+    metrics = json.loads((output / "results.json").read_text())
     return {key: 100 * metrics[key] for key in RECALLS}
 
 
 def run_seed(seed: int, args, work: Path) -> tuple[dict, dict]:
-    """The cells of one seed, and what its corpus and test split hold."""
+    """The cells of one seed, and what its corpus and test split hold. Every model of a seed starts
+    from the same initial weights: the entry points seed them from --seed."""
     corpus_dir = work / f"corpus-{seed}"
     summary = synthesize_corpus(corpus_dir, args.images, seed=seed, val_images=0, test_images=args.test_images,
                                 progress=False, num_objects=args.objects, overwrite=True)
     test = RetrievalCorpus(corpus_dir / "features", corpus_dir / "captions.jsonl", split="test",
                            max_regions=args.max_regions)
-    config = InterBertConfig.from_preset(args.preset)
-    torch.manual_seed(seed)
-    initial = InterBertForPretraining(config).state_dict()
     results = {}
-    for row in ROWS:
-        torch.manual_seed(seed)
-        model = InterBertForPretraining(config)
-        model.load_state_dict(initial)
-        if row != "w/o pretraining":
-            text_task, region_task = ("msm", "mrm") if row.startswith("MSM") else ("mlm", "mom")
-            pretrain(model, corpus_dir, text_task, region_task, args, seed)
-            results[(row, "zero-shot")] = recalls(model, test)
-        fine = finetune(model, corpus_dir, args, seed)
-        results[(row, "fine-tuned")] = recalls(fine, test)
+    for row, tasks in ROWS.items():
+        runs = work / f"seed-{seed}" / row.replace("/", "").replace("+", "-").replace(" ", "-")
+        model = None
+        if tasks is not None:
+            model = pretrain(corpus_dir, tasks, args, seed, runs / "pretrain")
+            results[(row, "zero-shot")] = flickr30k(corpus_dir, model, args, seed, runs / "zero-shot", eval_only=True)
+        results[(row, "fine-tuned")] = flickr30k(corpus_dir, model, args, seed, runs / "fine-tuned")
     corpus = {"objects": summary["objects"], "splits": summary["splits"],
               "test_images": len(test.image_ids), "test_captions": len(test)}
     return results, corpus
@@ -214,12 +200,16 @@ def parse_args(argv=None):
                         help="linear warm-up over this fraction of the steps, in pretraining and fine-tuning")
     parser.add_argument("--pool-size", type=int, default=8, help="hard-negative candidate images")
     parser.add_argument("--refresh-every", type=int, default=20, help="steps between hard-negative refreshes")
-    parser.add_argument("--work-dir", help="keep the synthetic corpora here (default: a temporary folder)")
+    parser.add_argument("--vocab", default=None,
+                        help="bert-base-uncased vocab.txt (default: the one of the dev extra's test wheel)")
+    parser.add_argument("--work-dir", help="keep the synthetic corpora and every run here (default: a temporary "
+                                           "folder)")
     parser.add_argument("--json", help="write the settings, per-seed values and the table here")
     args = parser.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    args.vocab = args.vocab or default_vocab_file()
     if not 0 < args.warmup_fraction <= 1:
         parser.error("--warmup-fraction must be in (0, 1]")
     return args

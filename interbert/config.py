@@ -35,6 +35,24 @@ class StreamConfig:
     attention_probs_dropout_prob: float = 0.1
 
 
+PRETRAINING_TASKS = ("msm", "mrm", "itm", "mlm", "mom")
+TEXT_TASKS, REGION_TASKS = ("msm", "mlm"), ("mrm", "mom")
+
+
+def parse_pretraining_tasks(value: str) -> tuple[str, ...]:
+    """"msm,mrm,itm" -> ("msm", "mrm", "itm"), checked: known names, at least one, at most one text
+    task and one region task."""
+    names = tuple(dict.fromkeys(name.strip().lower() for name in str(value).split(",") if name.strip()))
+    unknown = [name for name in names if name not in PRETRAINING_TASKS]
+    if unknown or not names:
+        raise ValueError(f"{'unknown task(s) ' + ', '.join(unknown) if unknown else 'no task'} in {value!r}; "
+                         f"choose from {', '.join(PRETRAINING_TASKS)}, comma-separated")
+    for kind, group in (("text", TEXT_TASKS), ("region", REGION_TASKS)):
+        if len(set(group) & set(names)) > 1:
+            raise ValueError(f"{' and '.join(group)} are both {kind} tasks; choose one")
+    return names
+
+
 @dataclass
 class InterBertConfig:
     # Text embeddings (BERT's).
@@ -63,6 +81,10 @@ class InterBertConfig:
     itm_weight: float = 1.0
     mrm_loss: str = "kl"  # "kl": KL to the detector's class distribution (as released); "ce": class
     mrm_matched_only: bool = True  # as released: MRM counts only on matched pairs
+    # Which tasks pretraining runs (comma-separated): the paper's "msm,mrm,itm"; Table 2's baseline
+    # "mlm,mom,itm" (MLM: 15% of word pieces, MOM: 15% of regions); any subset with at most one
+    # text task (msm or mlm) and one region task (mrm or mom).
+    pretraining_tasks: str = "msm,mrm,itm"
     attention_implementation: str = "sdpa"
 
     def __post_init__(self) -> None:
@@ -105,6 +127,10 @@ class InterBertConfig:
                 f"attention_implementation must be one of {ATTENTION_IMPLEMENTATIONS}, "
                 f"got {self.attention_implementation!r}"
             )
+        try:
+            self.pretraining_tasks = ",".join(parse_pretraining_tasks(self.pretraining_tasks))
+        except ValueError as error:
+            problems.append(f"pretraining_tasks: {error}")
         for name in ("msm_weight", "mrm_weight", "itm_weight"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")

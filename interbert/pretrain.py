@@ -25,7 +25,7 @@ if __package__ in (None, ""):
 import argparse  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from interbert.config import PRESETS, InterBertConfig  # noqa: E402
+from interbert.config import PRESETS, InterBertConfig, parse_pretraining_tasks  # noqa: E402
 from interbert.data.tokenization import find_vocab  # noqa: E402
 from interbert.errors import UsageError, run_reporting_user_errors  # noqa: E402
 from interbert.training.precision import PRECISIONS  # noqa: E402
@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--model-config", help="a model config JSON file instead of a preset")
     model.add_argument("--init-bert", metavar="DIR",
                        help="initialise the text side from a Hugging Face BERT directory")
+    model.add_argument("--tasks", metavar="LIST",
+                       help="pretraining tasks, comma-separated from msm, mrm, itm, mlm, mom (default: the model "
+                            "config's pretraining_tasks, msm,mrm,itm; Table 2's baseline: mlm,mom,itm)")
     model.add_argument("--init-model", metavar="DIR",
                        help="start from a model directory (save_pretrained / convert-release); "
                             "its config.json is the model config")
@@ -119,10 +122,17 @@ def check_args(args: argparse.Namespace) -> None:
 
 def model_config_from_args(args: argparse.Namespace) -> InterBertConfig:
     if args.init_model:
-        return InterBertConfig.from_json_file(Path(args.init_model) / "config.json")
-    if args.model_config:
-        return InterBertConfig.from_json_file(args.model_config)
-    return InterBertConfig.from_preset(args.preset or "paper-base")
+        config = InterBertConfig.from_json_file(Path(args.init_model) / "config.json")
+    elif args.model_config:
+        config = InterBertConfig.from_json_file(args.model_config)
+    else:
+        config = InterBertConfig.from_preset(args.preset or "paper-base")
+    if args.tasks:
+        try:
+            config.pretraining_tasks = ",".join(parse_pretraining_tasks(args.tasks))
+        except ValueError as error:
+            raise UsageError(f"--tasks: {error}") from None
+    return config
 
 
 def build_model(args, model_config, say):
@@ -186,6 +196,7 @@ def train(args, job, model_config) -> int:
 
     startup.seed_everything(run.seed)  # the same initial weights on every rank
     model = build_model(args, model_config, job.say)
+    model.config.pretraining_tasks = model_config.pretraining_tasks  # --tasks over a loaded model's own
     model_config = model.config
     engine, optimizer = startup.build_engine(job, model)
     layer_norm = layer_norm_implementation(env.device)
@@ -230,13 +241,15 @@ def describe_run(job, monitor, args, model_config, optimizer, layer_norm, peak, 
         "layer_norm": layer_norm, "peak_flops_per_device": peak.flops_per_second,
         "peak_source": peak.source, "max_steps": max_steps, "steps_per_epoch": steps_per_epoch,
         "train_pairs": train_pairs, "deepspeed_config": ds_config,
-        "model_config": model_config.to_dict(),
+        "model_config": model_config.to_dict(), "tasks": model_config.pretraining_tasks.split(","),
     }
     startup.write_run_config(job, monitor, summary)
     monitor.print(f"training {max_steps} steps ({steps_per_epoch} per epoch over {train_pairs} "
                   f"pairs), global batch {ds_config['train_batch_size']} = "
                   f"{ds_config['train_micro_batch_size_per_gpu']} x "
                   f"{ds_config['gradient_accumulation_steps']} accumulation x {env.world_size} ranks")
+    monitor.print(f"tasks: {model_config.pretraining_tasks.replace(',', ', ')}"
+                  + (" (the paper's)" if model_config.pretraining_tasks == "msm,mrm,itm" else ""))
     monitor.print(f"peak for MFU: {peak.source}")
     total = scheduler_total_steps(ds_config)
     if total and total != max_steps:
@@ -245,6 +258,7 @@ def describe_run(job, monitor, args, model_config, optimizer, layer_norm, peak, 
     monitor.print(f"TensorBoard: tensorboard --logdir {monitor.tensorboard_dir}")
     monitor.text("run/optimizer", optimizer)
     monitor.text("run/layer_norm", layer_norm)
+    monitor.text("run/tasks", model_config.pretraining_tasks)
     monitor.text("run/precision", f"{precision.name}: {precision.reason}")
 
 

@@ -46,8 +46,9 @@ class DatasetError(UserError, ValueError):
 class PretrainingTasks:
     """Which tasks to apply and their rates (defaults: the paper's MSM + MRM + ITM).
 
-    text_task: "msm" (segments of words) or "mlm" (Table 2 baseline, independent word pieces);
-    region_task: "mrm" (anchors + IoU > threshold groups) or "mom" (independent regions);
+    text_task: "msm" (segments of words), "mlm" (Table 2 baseline, independent word pieces) or
+    "none" (no text masked);
+    region_task: "mrm" (anchors + IoU > threshold groups), "mom" (independent regions) or "none";
     mrm_soft_labels: also return the detector class distribution of masked regions (KL variant);
     mask_mismatched_pairs: mask ITM negatives too (the paper's ITM input is the masked pair).
     """
@@ -67,10 +68,10 @@ class PretrainingTasks:
     mask_mismatched_pairs: bool = True
 
     def __post_init__(self):
-        if self.text_task not in ("msm", "mlm"):
-            raise ValueError(f"text_task is {self.text_task!r}; choose 'msm' or 'mlm'")
-        if self.region_task not in ("mrm", "mom"):
-            raise ValueError(f"region_task is {self.region_task!r}; choose 'mrm' or 'mom'")
+        if self.text_task not in ("msm", "mlm", "none"):
+            raise ValueError(f"text_task is {self.text_task!r}; choose 'msm', 'mlm' or 'none'")
+        if self.region_task not in ("mrm", "mom", "none"):
+            raise ValueError(f"region_task is {self.region_task!r}; choose 'mrm', 'mom' or 'none'")
 
 
 def _as_list(paths) -> list:
@@ -350,8 +351,10 @@ class PretrainingDataset(torch.utils.data.Dataset):
         if tasks.text_task == "msm":
             masked = segment_mask(word_ids, draws("text_select"), fallback, draws("text_extra"),
                                   tasks.msm_anchor_prob, tasks.msm_max_extra_words)
-        else:
+        elif tasks.text_task == "mlm":
             masked = token_mask(word_ids, draws("text_select"), fallback, tasks.mlm_token_prob)
+        else:
+            masked = np.zeros(word_ids.shape, dtype=bool)
         masked &= masked_pair[:, None]
         inputs, labels = replace_masked(ids, masked, draws("text_replace"), draws("text_token"), self.mask_id,
                                         self.random_pool, tasks.mask_token_prob, tasks.random_token_prob)
@@ -368,8 +371,10 @@ class PretrainingDataset(torch.utils.data.Dataset):
         tasks = self.tasks
         if tasks.region_task == "mrm":
             masked = mask_regions_mrm(packed.boxes, real, draws, tasks.mrm_anchor_prob, tasks.mrm_iou_threshold)
-        else:
+        elif tasks.region_task == "mom":
             masked = mask_regions_mom(real, draws, tasks.mom_region_prob)
+        else:
+            masked = np.zeros(real.shape, dtype=bool)
         masked &= masked_pair[:, None]
         packed.features.numpy()[:, 1:][masked] = 0
         fill_global_token(packed.features, packed.counts)

@@ -64,12 +64,13 @@ class InterBertForPretraining(PretrainedModelMixin, nn.Module):
             raise KeyError(f"the batch lacks {missing}; a batch holds the keys of docs/design.md")
         output = self.interbert(**{key: inputs[key] for key in INPUT_KEYS})
         tasks: dict[str, TaskLoss] = {}
-        if msm_labels is not None:
+        chosen = set(self.config.pretraining_tasks.split(","))  # the slot "msm" also carries MLM, "mrm" MOM
+        if msm_labels is not None and chosen & {"msm", "mlm"}:
             tasks["msm"] = self._msm(output.text_hidden, msm_labels)
-        if mrm_labels is not None:
+        if mrm_labels is not None and chosen & {"mrm", "mom"}:
             tasks["mrm"] = self._mrm(output.image_hidden, mrm_labels, mrm_soft_labels, itm_labels)
         itm_logits = self.itm_head(output.pooled_text, output.pooled_image)
-        if itm_labels is not None:
+        if itm_labels is not None and "itm" in chosen:
             tasks["itm"] = itm_loss(itm_logits, itm_labels)
         weights = {"msm": self.config.msm_weight, "mrm": self.config.mrm_weight,
                    "itm": self.config.itm_weight}

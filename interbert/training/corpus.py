@@ -6,7 +6,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from interbert.config import InterBertConfig
+from interbert.config import REGION_TASKS, TEXT_TASKS, InterBertConfig
 from interbert.data.loader import ResumableLoader, build_loader
 from interbert.data.pretraining_dataset import PretrainingDataset, PretrainingTasks
 from interbert.errors import UserError
@@ -51,14 +51,19 @@ def check_feature_size(features: str, model_config: InterBertConfig, flag: str =
 
 
 def tasks_for(model_config: InterBertConfig, store_has_class_probs: bool) -> PretrainingTasks:
-    """The masking tasks the model's loss needs (the KL MRM target needs class distributions)."""
-    wants_soft = model_config.mrm_loss == "kl"
+    """The data side of the model's `pretraining_tasks`: which text and region masking, ITM
+    negatives or none (then every pair is matched), and the KL MRM target's class distributions."""
+    chosen = model_config.pretraining_tasks.split(",")
+    text = next((task for task in chosen if task in TEXT_TASKS), "none")
+    region = next((task for task in chosen if task in REGION_TASKS), "none")
+    wants_soft = model_config.mrm_loss == "kl" and region != "none"
     if wants_soft and not store_has_class_probs:
         raise CorpusError(
             "the model config's mrm_loss is 'kl' (the released target) but the feature store holds "
             "no detector class distributions: set mrm_loss to 'ce' in a --model-config file, or "
             "rebuild the store with class distributions")
-    return PretrainingTasks(mrm_soft_labels=wants_soft)
+    return PretrainingTasks(text_task=text, region_task=region, mrm_soft_labels=wants_soft,
+                            itm_negative_prob=PretrainingTasks.itm_negative_prob if "itm" in chosen else 0.0)
 
 
 def build_run_data(*, features: str, captions: list[str], vocab: str | None,

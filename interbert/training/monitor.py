@@ -108,10 +108,11 @@ def _deepspeed_monitors(sections: dict):
     return MonitorMaster(get_monitor_config(dict(sections)))
 
 
-def console_line(step: int, total_steps: int, epoch: int, values: dict, eta: str) -> str:
-    losses = " ".join(f"{t} {values.get(f'train/loss_{t}', float('nan')):.3f}" for t in TASKS)
+def console_line(step: int, total_steps: int, epoch: int, values: dict, eta: str, tasks=TASKS) -> str:
+    """One line per logging window; `tasks`: the names of the tasks that run (e.g. mlm, mom, itm)."""
+    losses = " ".join(f"{t} {values.get(f'train/loss_{t}', float('nan')):.3f}" for t in tasks)
     accuracies = " ".join(f"{t} {values.get(f'train/accuracy_{t}', float('nan')):.2f}"
-                          for t in TASKS)
+                          for t in tasks)
     scale = values.get("train/loss_scale")
     parts = [
         f"step {step}/{total_steps}",

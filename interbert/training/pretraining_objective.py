@@ -23,6 +23,7 @@ class PretrainingObjective(Objective):
                  validation_loader=None, retrieval_corpus=None, retrieval_batch_size: int | None = None,
                  validation_batches: int = 20):
         self.model_config, self.device, self.dtype = model_config, device, dtype
+        self.shown = shown_tasks(model_config.pretraining_tasks)
         self.validation_loader, self.retrieval_corpus = validation_loader, retrieval_corpus
         self.retrieval_batch_size, self.validation_batches = retrieval_batch_size, validation_batches
 
@@ -40,10 +41,10 @@ class PretrainingObjective(Objective):
         return [batch["itm_labels"].shape[0], batch_flops(self.model_config, batch).total]
 
     def step_values(self, sums: dict[str, float]) -> dict[str, float]:
-        return {f"train/{name}": value for name, value in averages(sums).items()}
+        return {f"train/{name}": value for name, value in averages(sums, self.shown).items()}
 
     def console_line(self, step: int, max_steps: int, epoch: int, values: dict, eta: str) -> str:
-        return console_line(step, max_steps, epoch, values, eta)
+        return console_line(step, max_steps, epoch, values, eta, [name for _, name in self.shown])
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
@@ -71,15 +72,24 @@ class PretrainingObjective(Objective):
         finally:
             model.train(was_training)
         values = dict(zip(("loss", *SLOTS, "micro_batches"), all_reduce_sum(sums).cpu().tolist()))
-        return {name: value for name, value in averages(values).items() if value == value}  # no NaN accuracies
+        return {name: value for name, value in averages(values, self.shown).items()
+                if value == value}  # no NaN accuracies
 
 
-def averages(sums: dict[str, float]) -> dict[str, float]:
-    """Mean losses per micro-batch and accuracies per counted item (NaN where nothing was counted)."""
+def shown_tasks(pretraining_tasks: str) -> list[tuple[str, str]]:
+    """(output slot, name) of the tasks that run: the slot "msm" carries MSM or MLM, "mrm" MRM or MOM."""
+    chosen = pretraining_tasks.split(",")
+    slot = {"msm": "msm", "mlm": "msm", "mrm": "mrm", "mom": "mrm", "itm": "itm"}
+    return sorted(((slot[name], name) for name in chosen), key=lambda pair: TASKS.index(pair[0]))
+
+
+def averages(sums: dict[str, float], shown: list[tuple[str, str]]) -> dict[str, float]:
+    """Mean losses per micro-batch and accuracies per counted item (NaN where nothing was counted),
+    under the names of the tasks that run."""
     batches = max(sums["micro_batches"], 1.0)
     values = {"loss": sums["loss"] / batches}
-    for task in TASKS:
-        values[f"loss_{task}"] = sums[f"loss_{task}"] / batches
-        count = sums[f"count_{task}"]
-        values[f"accuracy_{task}"] = sums[f"correct_{task}"] / count if count else float("nan")
+    for slot, name in shown:
+        values[f"loss_{name}"] = sums[f"loss_{slot}"] / batches
+        count = sums[f"count_{slot}"]
+        values[f"accuracy_{name}"] = sums[f"correct_{slot}"] / count if count else float("nan")
     return values

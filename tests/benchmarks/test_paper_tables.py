@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -18,24 +17,23 @@ TOY = ["--seeds", "1", "--images", "16", "--test-images", "4", "--pretrain-steps
        "--finetune-steps", "2", "--finetune-batch", "2", "--pool-size", "2", "--refresh-every", "1"]
 
 
-def _recording(cls, seen):
-    class Recording(cls):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            seen.setdefault(cls.__name__, []).append(self.max_regions)
-    return Recording
-
-
-def test_settings_reach_the_corpus_the_datasets_and_the_json(tmp_path, monkeypatch, capsys):
-    seen = {}
-    for name in ("PretrainingDataset", "Flickr30kTrainSet", "RetrievalCorpus"):
-        monkeypatch.setattr(paper_tables, name, _recording(getattr(paper_tables, name), seen))
+def test_the_tables_come_from_the_real_entry_points_with_the_settings(tmp_path, capsys):
     out, work = tmp_path / "t.json", tmp_path / "work"
     assert paper_tables.main(TOY + ["--objects", "6", "--max-regions", "5", "--preset", "tiny",
                                     "--warmup-fraction", "0.5", "--work-dir", str(work), "--json", str(out)]) == 0
 
-    # Every dataset of the run (2 pretrainings, 3 fine-tunings, the test split) used 5 regions.
-    assert seen == {"RetrievalCorpus": [5], "PretrainingDataset": [5, 5], "Flickr30kTrainSet": [5, 5, 5]}
+    # Each pretraining ran interbert/pretrain.py with its tasks; every run used 5 regions.
+    seed = work / "seed-0"
+    for row, tasks in (("MLM-MOM-ITM", ["mlm", "mom", "itm"]), ("MSM-MRM-ITM", ["msm", "mrm", "itm"])):
+        run_config = json.loads((seed / row / "pretrain" / "run_config.json").read_text())
+        assert run_config["tasks"] == tasks and run_config["arguments"]["max_regions"] == 5
+        assert (seed / row / "pretrain" / "model" / "model.safetensors").is_file()
+        assert "t2i_r@1" in json.loads((seed / row / "zero-shot" / "results.json").read_text())
+    for row in ("wo-pretraining", "MLM-MOM-ITM", "MSM-MRM-ITM"):
+        finetune = json.loads((seed / row / "fine-tuned" / "run_config.json").read_text())
+        assert finetune["settings"]["max_regions"] == 5 and finetune["max_steps"] == 2
+    schedule = json.loads((seed / "MSM-MRM-ITM" / "pretrain" / "ds_config.json").read_text())["scheduler"]["params"]
+    assert schedule["warmup_num_steps"] == 1 and schedule["warmup_type"] == "linear"
 
     # The corpus holds the first 6 object words only, in its summary and in its captions.
     corpus = work / "corpus-0"
@@ -51,12 +49,13 @@ def test_settings_reach_the_corpus_the_datasets_and_the_json(tmp_path, monkeypat
     assert settings["preset"] == "tiny" and settings["max_regions"] == 5
     assert settings["model_config"]["embedding_dropout_prob"] > 0  # the tiny preset, not tiny-demo
     assert settings["warmup_fraction"] == 0.5 and settings["pretrain_warmup_steps"] == 1
-    assert report["arguments"]["max_regions"] == 5 and report["arguments"]["objects"] == 6
     assert report["chance"] == {"images": 4, "captions": 20, "t2i_r@1": 0.25, "t2i_r@5": 1.0, "t2i_r@10": 1.0}
     assert report["corpora"][0]["test_images"] == 4 and report["corpora"][0]["splits"]["test"] == 20
     assert set(report["per_seed"][0]) == {"w/o pretraining / fine-tuned", "MLM+MOM+ITM / zero-shot",
                                           "MLM+MOM+ITM / fine-tuned", "MSM+MRM+ITM / zero-shot",
                                           "MSM+MRM+ITM / fine-tuned"}
+    for cell in report["per_seed"][0].values():
+        assert set(cell) == set(paper_tables.RECALLS) and all(0 <= v <= 100 for v in cell.values())
     printed = capsys.readouterr().out
     assert "6 object classes, preset tiny, 5 regions" in printed
     assert "chance (4 test images, 20 captions): r@1 25.0%" in printed
@@ -76,13 +75,7 @@ def test_defaults_are_the_full_run_and_quick_is_a_smoke_run():
 
 
 def test_warmup_is_a_fraction_of_the_steps_then_linear_decay():
-    model = torch.nn.Linear(2, 2)
-    optimizer, schedule = paper_tables._optimizer(model, 1.0, 12, 1 / 6)  # warm-up: 2 of 12 steps
-    lrs = []
-    for _ in range(12):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        schedule.step()
-    assert lrs[:3] == pytest.approx([0.5, 1.0, 1.0])
-    assert lrs[3:] == pytest.approx([(12 - s) / 10 for s in range(3, 12)])
+    params = paper_tables.ds_config(64, 1e-3, 12, 1 / 6)["scheduler"]["params"]
+    assert params == {"warmup_min_lr": 0.0, "warmup_max_lr": 1e-3, "warmup_type": "linear",
+                      "warmup_num_steps": 2, "total_num_steps": 12}
     assert paper_tables.warmup_steps(3500, 1 / 6) == 583
