@@ -381,9 +381,14 @@ def print_plan(result, source_preset):
     print(f"  activations per sample (fp16)     {result['activation_bytes_per_sample'] / MIB:.1f} MiB "
           f"(measured on preset {source_preset})")
     print(f"  model states + buckets + context  {result['fixed_bytes_per_gpu'] / 2**30:.2f} GiB per GPU")
+    print(f"  every micro-batch x accumulation x {a['gpus']} GPUs = {a['global_batch']} (budget "
+          f"{result['budget_bytes_per_gpu'] / 2**30:.1f} GiB per GPU: {100 * (1 - a['margin']):.0f}% of "
+          f"{a['gpu_memory_gib']:g} GiB)")
     for row in result["rows"]:
-        print(f"  micro-batch {row['micro_batch']:>3}: {row['memory_gib']:6.2f} GiB per GPU  "
-              f"{'fits' if row['fits'] else 'does not fit'} (budget {result['budget_bytes_per_gpu'] / 2**30:.1f} GiB)")
+        print(f"  micro-batch {row['micro_batch']:>3} x accumulation {row['gradient_accumulation']:>3}: "
+              f"{row['memory_gib']:6.2f} GiB per GPU  "
+              + (f"fits, {row['margin_gib']:.2f} GiB to spare" if row["fits"]
+                 else f"does not fit ({-row['margin_gib']:.2f} GiB over)"))
     print(f"  chosen micro-batch {result['micro_batch']} × accumulation {result['gradient_accumulation']} "
           f"× {a['gpus']} GPUs = {result['global_batch_check']}")
     print(f"  per-GPU samples/s on a V100       {result['v100_samples_per_s_per_gpu']:.1f}")

@@ -5,6 +5,10 @@ Memory per GPU (fp16 mixed precision, ZeRO stage 1 over `gpus` ranks), for Ψ pa
   + the gradient-reduction buckets + the CUDA context, + activations × micro-batch.
 Wall-clock of the whole run: samples / (gpus × per-GPU samples/s) + one fp16 gradient
 all-reduce per optimizer step (ring: 2·(gpus−1)/gpus · 2Ψ bytes over the NVLink bus bandwidth).
+Every micro-batch × accumulation that makes the global batch on `gpus` GPUs is listed with its
+memory and whether it fits within the margin; the plan picks the largest micro-batch that fits
+(fewer accumulation steps, larger matmuls). The shipped ds_configs/pretrain_v100x8.json is 32 × 2
+(DeepSpeed derives the 2 from train_batch_size / (micro × GPUs)).
 Every assumption is a field of PlanAssumptions and is printed with its value.
 """
 from __future__ import annotations
@@ -33,21 +37,28 @@ def model_state_bytes_per_gpu(parameters: int, gpus: int) -> float:
     return 2 * parameters + 2 * parameters + 12 * parameters / gpus
 
 
+def micro_batch_choices(global_batch: int, gpus: int) -> list[tuple[int, int]]:
+    """(micro-batch, accumulation) pairs with micro × accumulation × gpus = global_batch."""
+    per_gpu = global_batch // gpus if global_batch % gpus == 0 else 0
+    return [(micro, per_gpu // micro) for micro in range(1, per_gpu + 1) if per_gpu % micro == 0]
+
+
 def plan(parameters: int, activation_bytes_per_sample: float, v100_samples_per_s: float,
-         assumptions: PlanAssumptions, micro_batches=(8, 16, 32, 64)) -> dict:
-    """Memory per micro-batch, the largest that fits, the accumulation that makes the global
-    batch, and the projected wall-clock. `activation_bytes_per_sample` is for fp16/bf16."""
+         assumptions: PlanAssumptions) -> dict:
+    """Memory of every micro-batch × accumulation that makes the global batch, the largest
+    micro-batch that fits, and the projected wall-clock. `activation_bytes_per_sample` is for
+    fp16/bf16."""
     a = assumptions
     fixed = (model_state_bytes_per_gpu(parameters, a.gpus) + 2 * 2 * a.bucket_elements
              + a.cuda_context_gib * GIB)
     budget = a.gpu_memory_gib * GIB * (1 - a.margin)
     rows = []
-    for micro in micro_batches:
+    for micro, accumulation in micro_batch_choices(a.global_batch, a.gpus):
         total = fixed + micro * activation_bytes_per_sample
-        rows.append({"micro_batch": micro, "memory_gib": total / GIB, "fits": total <= budget})
-    fitting = [r["micro_batch"] for r in rows if r["fits"]
-               and a.global_batch % (a.gpus * r["micro_batch"]) == 0]
-    micro = max(fitting) if fitting else None
+        rows.append({"micro_batch": micro, "gradient_accumulation": accumulation, "memory_gib": total / GIB,
+                     "fits": total <= budget, "margin_gib": (budget - total) / GIB})
+    fitting = [r for r in rows if r["fits"]]
+    micro = max(r["micro_batch"] for r in fitting) if fitting else None
     accumulation = a.global_batch // (a.gpus * micro) if micro else None
     samples = a.epochs * a.pairs_per_epoch
     steps = -(-samples // a.global_batch)

@@ -79,9 +79,11 @@ def test_the_plan_picks_the_largest_micro_batch_that_fits():
     gib = 1024 ** 3
     result = plan(parameters=200_000_000, activation_bytes_per_sample=0.25 * gib,
                   v100_samples_per_s=100.0, assumptions=assumptions)
-    fits = {row["micro_batch"]: row["fits"] for row in result["rows"]}
-    assert fits == {8: True, 16: True, 32: True, 64: False}
+    fits = {(row["micro_batch"], row["gradient_accumulation"]): row["fits"] for row in result["rows"]}
+    assert fits == {(1, 64): True, (2, 32): True, (4, 16): True, (8, 8): True, (16, 4): True, (32, 2): True,
+                    (64, 1): False}
     assert (result["micro_batch"], result["gradient_accumulation"]) == (32, 2)
+    assert all(row["margin_gib"] > 0 for row in result["rows"] if row["fits"])
     expected_hours = 20 * 4_777_000 / (8 * 100.0) / 3600
     assert result["compute_hours"] == pytest.approx(expected_hours)
 

@@ -60,3 +60,15 @@ def test_interbert_configs_prints_the_paths(capsys):
     listing = capsys.readouterr().out
     assert "ds_configs:" in listing and "pretrain_cpu_demo.json" in listing and "two_nodes_v100x8" in listing
     assert main(["configs", "--path", "nope"]) == 2
+
+
+@pytest.mark.parametrize("gpus, accumulation", [(8, 2), (16, 1), (4, 4)])
+def test_the_v100_config_is_512_with_micro_batch_32_and_derived_accumulation(gpus, accumulation):
+    from interbert.training.ds_config import resolve_batch_sizes
+
+    config = load_ds_config(str(REPO / "ds_configs" / "pretrain_v100x8.json"))
+    assert "gradient_accumulation_steps" not in config
+    resolved = resolve_batch_sizes(config, gpus, "pretrain_v100x8.json")
+    assert (resolved["train_batch_size"], resolved["train_micro_batch_size_per_gpu"]) == (512, 32)
+    assert resolved["gradient_accumulation_steps"] == accumulation
+    assert resolved["fp16"]["enabled"] and resolved["zero_optimization"]["stage"] == 1
