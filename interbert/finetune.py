@@ -58,6 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--eval-images", type=int, default=0, help="flickr30k: the first N images (0: all)")
     data.add_argument("--vcr-train", help="vcr: train.jsonl")
     data.add_argument("--vcr-val", help="vcr: val.jsonl")
+    data.add_argument("--vcr-test", help="vcr: test.jsonl (no labels): with --eval-only, write the leaderboard's "
+                                         "Q->AR submission (4 answers x 4 rationales) to OUTPUT_DIR")
     data.add_argument("--glue-dir", help="glue: the task folder (train.tsv, dev*.tsv)")
     data.add_argument("--skip-malformed", action="store_true", help="glue: skip (and count) malformed lines")
     data.add_argument("--vocab", help="the bert-base-uncased vocab.txt (default: vocab.txt of --init-model or "
@@ -233,6 +235,9 @@ def evaluate_only(args, model, task, job) -> int:
         job.run.output_dir.mkdir(parents=True, exist_ok=True)
         (job.run.output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         job.say(f"results written to {job.run.output_dir / 'results.json'}")
+    submission = task.submit(model, env.device, precision.dtype, job.run.output_dir)
+    if submission is not None:
+        job.say(f"test-split submission written to {submission}")
     return 0
 
 

@@ -114,6 +114,7 @@ class TaskInputs:
     eval_images: int = 0
     vcr_train: str | None = None
     vcr_val: str | None = None
+    vcr_test: str | None = None
     glue_dir: str | None = None
     skip_malformed: bool = False
     eval_batch_size: int = 32

@@ -37,13 +37,24 @@ class Task:
     evaluate_fn: object  # (model, device, dtype) -> dict[str, float]
     notes: list = field(default_factory=list)
     miner_factory: object = None  # (sampler, device, dtype, window) -> HardNegativeMiner
+    submit_fn: object = None  # (model, device, dtype, output_dir) -> the written file, or None on ranks > 0
 
     def evaluate(self, model, device, dtype) -> dict[str, float]:
+        return self._in_eval_mode(self.evaluate_fn, model, device, dtype)
+
+    def submit(self, model, device, dtype, output_dir: Path):
+        """A leaderboard file for the task's test split (collective); None when it has none."""
+        if self.submit_fn is None:
+            return None
+        return self._in_eval_mode(self.submit_fn, model, device, dtype, output_dir)
+
+    @staticmethod
+    def _in_eval_mode(function, model, *args):
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
-                return self.evaluate_fn(model, device, dtype)
+                return function(model, *args)
         finally:
             model.train(was_training)
 
@@ -123,16 +134,17 @@ def flickr30k_task(inputs: TaskInputs, settings: FinetuneSettings) -> Task:
 
 # ---------------------------------------------------------------------- VCR
 def vcr_task(inputs: TaskInputs, settings: FinetuneSettings, tokenizer) -> Task:
-    from interbert.finetuning.vcr import VcrDataset, read_vcr
+    from interbert.finetuning.vcr import SUBMISSION_NAME, VcrDataset, read_vcr
 
     _require(inputs, "features", "vcr_val")
     if inputs.gt_features:
         _require(inputs, "gt_features")
     length = settings.max_text_len or DEFAULT_TEXT_LENGTH["vcr"]
 
-    def dataset(path):
-        return VcrDataset(read_vcr(path), inputs.features, tokenizer, gt_features=inputs.gt_features,
-                          max_regions=settings.max_regions, max_length=length)
+    def dataset(path, conditioned=False):
+        return VcrDataset(read_vcr(path, require_labels=not conditioned), inputs.features, tokenizer,
+                          gt_features=inputs.gt_features, max_regions=settings.max_regions, max_length=length,
+                          conditioned=conditioned)
 
     train_set = None
     if not inputs.eval_only:
@@ -154,14 +166,42 @@ def vcr_task(inputs: TaskInputs, settings: FinetuneSettings, tokenizer) -> Task:
         return {"q2a_accuracy": float(verdicts[:, 0].mean()), "qa2r_accuracy": float(verdicts[:, 1].mean()),
                 "q2ar_accuracy": qar_accuracy(verdicts[:, 0], verdicts[:, 1]), "questions": float(len(verdicts))}
 
+    submit, test_set = None, None
+    if inputs.vcr_test:
+        _require(inputs, "vcr_test")
+        test_set = dataset(inputs.vcr_test, conditioned=True)
+        submit = _vcr_submitter(test_set, inputs.eval_batch_size)
+
     notes = [f"evaluation: {len(val_set.annotations)} questions of {inputs.vcr_val}, "
              f"{val_set.truncated} choice texts truncated to {length} pieces"]
+    if inputs.vcr_test:
+        notes.append(f"test split: {len(test_set.annotations)} questions of {inputs.vcr_test}, Q->A and QA->R "
+                     f"conditioned on each answer, for {SUBMISSION_NAME}")
     if train_set is not None:
         notes.insert(0, f"training: {len(train_set.annotations)} questions -> {len(train_set)} 4-way examples "
                         f"(Q->A and QA->R), {train_set.truncated} choice texts truncated to {length} pieces; "
                         f"regions: {'ground-truth + ' if inputs.gt_features else ''}detector, at most "
                         f"{settings.max_regions}")
-    return Task(TaskSpec("vcr", "multiple_choice"), train_set, collate_choices, evaluate, notes)
+    return Task(TaskSpec("vcr", "multiple_choice"), train_set, collate_choices, evaluate, notes, submit_fn=submit)
+
+
+def _vcr_submitter(test_set, batch_size: int):
+    """(model, device, dtype, output_dir) -> the leaderboard CSV: Q->A and the 4 x 4 QA->R scores of
+    every test question (a share per rank), written by rank 0."""
+    from interbert.finetuning.vcr import SUBMISSION_NAME, write_submission
+
+    def submit(model, device, dtype, output_dir):
+        rank, world = rank_and_world()
+        questions = np.arange(len(test_set.annotations))[rank::world]
+        items = (test_set.groups * questions[:, None] + np.arange(test_set.groups)).reshape(-1)
+        scores = _predict(model, test_set, items, collate_choices, batch_size, device, dtype)
+        rows = list(zip(questions.tolist(), np.asarray(scores).reshape(len(questions), test_set.groups, -1)))
+        rows = sorted((r for part in all_gather_objects(rows) for r in part), key=lambda r: r[0])
+        if rank != 0:
+            return None
+        return write_submission(Path(output_dir) / SUBMISSION_NAME, test_set.annotations,
+                                np.stack([r[1] for r in rows]))
+    return submit
 
 
 # ---------------------------------------------------------------------- GLUE

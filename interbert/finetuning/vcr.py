@@ -7,8 +7,10 @@ becomes the object's class name, and a person becomes a gender-neutral name fixe
 ("Casey and Riley"), as R2C and ViLBERT render them.
 
 Q→A: `[CLS] question [SEP] answer_i [SEP]`; QA→R: `[CLS] question answer [SEP] rationale_i [SEP]`
-(segments 0 / 1), 4-way each; QA→R takes the correct answer. Q→AR counts a question right when
-both are right. Regions: the ground-truth boxes of the objects (a second feature store keyed
+(segments 0 / 1, the release's input: question and answer joined in the first segment), 4-way
+each; QA→R takes the correct answer. Q→AR counts a question right when both are right. The test
+split has no labels, so its QA→R is built for each of the 4 answers (`conditioned=True`): the 4 × 4
+rationale scores the leaderboard's submission holds (`write_submission`). Regions: the ground-truth boxes of the objects (a second feature store keyed
 by `img_fn`, when given) and then the detector's, at most `max_regions` in all, after the
 global token.
 """
@@ -40,6 +42,7 @@ class VcrFormatError(UserError, ValueError):
 @dataclass
 class VcrAnnotation:
     where: str  # "file:line"
+    annot_id: str  # the line's annot_id (the leaderboard's key); "file:line" when absent
     img_fn: str
     objects: list
     question: list
@@ -107,7 +110,7 @@ def read_vcr(path: str | Path, require_labels: bool = True) -> list[VcrAnnotatio
                 for i, choice in enumerate(choices):
                     _check_tokens(choice, objects, where, f"{field}[{i}]")
             annotations.append(VcrAnnotation(
-                where, str(record["img_fn"]), objects, record["question"], record["answer_choices"],
+                where, str(record.get("annot_id", where)), str(record["img_fn"]), objects, record["question"], record["answer_choices"],
                 record["rationale_choices"], _label(record, "answer_label", where, require_labels),
                 _label(record, "rationale_label", where, require_labels)))
     if not annotations:
@@ -151,14 +154,18 @@ def vcr_regions(detections, ground_truth, max_regions: int) -> tuple:
 
 
 class VcrDataset(torch.utils.data.Dataset):
-    """Q→A and QA→R examples: item 2·q is question q's Q→A, item 2·q + 1 its QA→R.
+    """Q→A and QA→R examples: item G·q is question q's Q→A, items G·q + 1 ... its QA→R, G =
+    `groups` per question: 2 (QA→R with the correct answer), or 5 with `conditioned` (QA→R with
+    each of the 4 answers, for the unlabelled test split).
 
     An item: `texts` (4 × (ids, segments)), `images` (one shared (features, locations)), `label`
-    (-1 in the test split). Texts are tokenised once, here."""
+    (-1 where there is none). Texts are tokenised once, here."""
 
     def __init__(self, annotations: list, features: str | Path, tokenizer, gt_features: str | Path | None = None,
-                 max_regions: int = 100, max_length: int = 64):
+                 max_regions: int = 100, max_length: int = 64, conditioned: bool = False):
         self.annotations = annotations
+        self.conditioned = conditioned
+        self.groups = 1 + (CHOICES if conditioned else 1)
         self.features_path, self.gt_path = str(features), (str(gt_features) if gt_features else None)
         self.max_regions = max_regions
         store = FeatureStore(features)
@@ -175,11 +182,12 @@ class VcrDataset(torch.utils.data.Dataset):
             for answer in a.answers:
                 first_texts.append(question)
                 second_texts.append(render(answer, a.objects))
-            # QA→R takes the right answer (in the test split, which has none, the first).
-            answer = render(a.answers[a.answer_label or 0], a.objects)
-            for rationale in a.rationales:
-                first_texts.append(f"{question} {answer}")
-                second_texts.append(render(rationale, a.objects))
+            conditions = range(CHOICES) if conditioned else [a.answer_label or 0]
+            for condition in conditions:  # QA→R with the right answer, or with each one
+                answer = render(a.answers[condition], a.objects)
+                for rationale in a.rationales:
+                    first_texts.append(f"{question} {answer}")
+                    second_texts.append(render(rationale, a.objects))
         full = tokenizer(first_texts, second_texts, add_special_tokens=True)["input_ids"]
         encoded = tokenizer(first_texts, second_texts, truncation="longest_first", max_length=max_length,
                             return_token_type_ids=True)
@@ -199,7 +207,7 @@ class VcrDataset(torch.utils.data.Dataset):
                                      f"the annotation lists {len(a.objects)} objects; they must correspond")
 
     def __len__(self) -> int:
-        return 2 * len(self.annotations)
+        return self.groups * len(self.annotations)
 
     def _open(self):
         if self._stores is None:  # opened lazily: each DataLoader worker opens its own handles
@@ -207,12 +215,35 @@ class VcrDataset(torch.utils.data.Dataset):
         return self._stores
 
     def __getitem__(self, index: int) -> dict:
-        annotation = self.annotations[index // 2]
-        rationale = index % 2
+        annotation = self.annotations[index // self.groups]
+        group = index % self.groups
         detections, truth = self._open()
         regions = vcr_regions(detections.get(annotation.img_fn),
                               truth.get(annotation.img_fn) if truth is not None else None, self.max_regions)
-        first = 8 * (index // 2) + 4 * rationale
-        label = annotation.rationale_label if rationale else annotation.answer_label
+        first = CHOICES * index
+        label = None if self.conditioned else (annotation.rationale_label if group else annotation.answer_label)
         return {"texts": [(self.ids[i], self.segments[i]) for i in range(first, first + CHOICES)],
                 "images": [regions], "label": -1 if label is None else label}
+
+
+SUBMISSION_NAME = "vcr_test_submission.csv"
+SUBMISSION_COLUMNS = ("annot_id", *(f"answer_{i}" for i in range(CHOICES)),
+                      *(f"rationale_conditioned_on_a{a}_{r}" for a in range(CHOICES) for r in range(CHOICES)))
+
+
+def write_submission(path: str | Path, annotations: list, scores: np.ndarray) -> Path:
+    """The leaderboard's CSV: per question, the 4 answer probabilities and the 4 rationale
+    probabilities conditioned on each answer. `scores`: Q × 5 × 4 choice scores of a
+    `conditioned` dataset, in its item order."""
+    import csv
+
+    scores = np.asarray(scores, dtype=np.float64)
+    probabilities = np.exp(scores - scores.max(-1, keepdims=True))
+    probabilities /= probabilities.sum(-1, keepdims=True)
+    path = Path(path)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(SUBMISSION_COLUMNS)
+        for annotation, rows in zip(annotations, probabilities):
+            writer.writerow([annotation.annot_id, *(f"{v:.6f}" for v in rows.reshape(-1))])
+    return path

@@ -138,3 +138,38 @@ def test_the_script_runs_by_path_as_the_launcher_runs_it():
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "--task" in result.stdout and "--local_rank" in result.stdout
+
+
+def test_vcr_test_split_writes_the_leaderboards_q2ar_submission(vcr_data, tmp_path, run_finetune, ds_config_writer):
+    """The unlabelled test split: Q->A and QA->R conditioned on each of the 4 answers, as the
+    leaderboard's CSV (probabilities per 4-way group), and the conditioned texts really differ."""
+    import csv
+
+    from interbert.data.tokenization import default_vocab_file, load_tokenizer
+    from interbert.finetuning.vcr import SUBMISSION_COLUMNS, VcrDataset, read_vcr
+
+    lines = [json.loads(line) for line in vcr_data["val"].read_text().splitlines()]
+    for line in lines:
+        del line["answer_label"], line["rationale_label"]
+        line["annot_id"] = line["annot_id"].replace("val-", "test-")
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    config = ds_config_writer(tmp_path / "ds.json", finetune={"max_regions": 12, "max_text_len": 40})
+    output = tmp_path / "run"
+    status = run_finetune("--task", "vcr", "--deepspeed_config", config, "--preset", "tiny", "--eval-only",
+                          "--features", vcr_data["features"], "--gt-features", vcr_data["gt_features"],
+                          "--vcr-val", vcr_data["val"], "--vcr-test", test, "--output-dir", output)
+    assert status == 0
+    with open(output / "vcr_test_submission.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert tuple(rows[0]) == SUBMISSION_COLUMNS and len(SUBMISSION_COLUMNS) == 21
+    assert [row[0] for row in rows[1:]] == [line["annot_id"] for line in lines]
+    for row in rows[1:]:
+        groups = [sum(float(v) for v in row[1 + 4 * g:5 + 4 * g]) for g in range(5)]
+        assert groups == pytest.approx([1.0] * 5, abs=1e-5)
+
+    dataset = VcrDataset(read_vcr(test, require_labels=False), vcr_data["features"], load_tokenizer(default_vocab_file()),
+                         max_length=64, conditioned=True)
+    assert len(dataset) == 5 * len(lines)
+    firsts = [tuple(dataset[1 + g]["texts"][0][0]) for g in range(4)]  # QA->R on answers 0..3, rationale 0
+    assert len(set(firsts)) == 4
