@@ -56,6 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--train-split", default="train", help="flickr30k: manifest split to train on")
     data.add_argument("--eval-split", default="val", help="flickr30k: manifest split to evaluate on")
     data.add_argument("--eval-images", type=int, default=0, help="flickr30k: the first N images (0: all)")
+    data.add_argument("--hard-negatives", choices=("mined-images", "release-captions"),
+                      help="flickr30k: the 4th pair's hard negative: an image mined online from the model being "
+                           "trained, or (the release's) a hard caption from a precomputed pool (default: "
+                           "finetune.hard_negatives.kind of the config, mined-images)")
+    data.add_argument("--hard-captions", metavar="FILE",
+                      help="flickr30k: the pool for release-captions (python -m interbert.finetuning.hard_captions)")
     data.add_argument("--vcr-train", help="vcr: train.jsonl")
     data.add_argument("--vcr-val", help="vcr: val.jsonl")
     data.add_argument("--vcr-test", help="vcr: test.jsonl (no labels): with --eval-only, write the leaderboard's "

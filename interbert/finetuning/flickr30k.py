@@ -8,13 +8,21 @@ image i gives four pairs, the positive first (label 0):
 
 c' is a random caption of another image, i' a random other image, and h a hard negative: the
 image that the model itself scored highest for c among a pool of candidates, mined by
-`HardNegativeMiner` on a schedule. Until a caption has been mined, h is another random image
-(counted as `count_hard_fallback` and reported). Random draws come from PCG64(seed, epoch,
-index), so they are the same on resume and in any DataLoader worker.
+`HardNegativeMiner` on a schedule (`--hard-negatives mined-images`, the default). Until a caption
+has been mined, h is another random image (counted as `count_hard_fallback` and reported).
+
+The release's kind (`--hard-negatives release-captions`) keeps the image and changes the caption:
+the fourth pair is (c_h, i), c_h drawn from a precomputed pool of hard captions of other images for
+i (`HardCaptionPool`, a file that `python -m interbert.finetuning.hard_captions` writes). An image
+without a pool falls back to a random other caption (counted the same way).
+
+Random draws come from PCG64(seed, epoch, index), so they are the same on resume and in any
+DataLoader worker.
 """
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 
@@ -32,6 +40,34 @@ from interbert.evaluation.full_retrieval import score_all_pairs
 from interbert.evaluation.pair_scoring import PairEmbedder, embed_in_chunks
 
 NOT_MINED = -1
+HARD_KINDS = ("mined-images", "release-captions")
+POOL_FORMAT = "interbert-hard-captions"
+
+
+class HardCaptionPool:
+    """Per training image, the captions (indices into the split's caption list, in manifest order)
+    of other images that a model scored highest for it. A JSON file:
+    {"format": "interbert-hard-captions", "split": ..., "captions": N, "pool": {image_id: [index, ...]}}."""
+
+    def __init__(self, pool: dict, split: str, captions: int):
+        self.pool, self.split, self.captions = pool, split, captions
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps({"format": POOL_FORMAT, "split": self.split, "captions": self.captions,
+                                    "pool": self.pool}) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "HardCaptionPool":
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as error:
+            raise DatasetError(f"--hard-captions {path}: cannot read a hard-caption pool ({error})") from None
+        if not isinstance(data, dict) or data.get("format") != POOL_FORMAT:
+            raise DatasetError(f"--hard-captions {path}: not a hard-caption pool (format {POOL_FORMAT!r}); "
+                               "write one with python -m interbert.finetuning.hard_captions")
+        return cls({str(k): [int(i) for i in v] for k, v in data["pool"].items()}, data["split"], int(data["captions"]))
 
 
 def read_split(manifest: str | os.PathLike, split: str) -> tuple[list, list, list]:
@@ -56,7 +92,8 @@ class Flickr30kTrainSet(torch.utils.data.Dataset):
     """4-way samples (see the module docstring) over one split of a manifest and a store."""
 
     def __init__(self, features: str | Path, manifest: str | Path, vocab_file: str | None = None,
-                 split: str = "train", max_regions: int = 100, max_text_len: int = 36, seed: int = 0):
+                 split: str = "train", max_regions: int = 100, max_text_len: int = 36, seed: int = 0,
+                 hard_captions: HardCaptionPool | None = None):
         self.features_path, self.max_regions, self.seed = str(features), max_regions, seed
         self.image_ids, self.texts, owners = read_split(manifest, split)
         missing = FeatureStore(features).missing(self.image_ids)
@@ -69,6 +106,20 @@ class Flickr30kTrainSet(torch.utils.data.Dataset):
         self.hard_negatives = torch.full((len(self.texts),), NOT_MINED, dtype=torch.long).share_memory_()
         self.epoch = 0
         self._store = None
+        self.hard_captions = None if hard_captions is None else self._check_pool(hard_captions, manifest, split)
+
+    def _check_pool(self, pool: HardCaptionPool, manifest, split: str) -> list:
+        """Per image index, its pool's caption indices (empty: none); the pool must be of this split."""
+        if pool.split != split or pool.captions != len(self.texts):
+            raise DatasetError(f"the hard-caption pool is for split {pool.split!r} with {pool.captions} captions; "
+                               f"{manifest} split {split!r} has {len(self.texts)}: build it for this manifest")
+        index = {image_id: row for row, image_id in enumerate(self.image_ids)}
+        pools = [np.zeros(0, dtype=np.int64)] * len(self.image_ids)
+        for image_id, captions in pool.pool.items():
+            if image_id in index:
+                captions = np.asarray(captions, dtype=np.int64)
+                pools[index[image_id]] = captions[self.caption_to_image[captions] != index[image_id]]
+        return pools
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -105,6 +156,8 @@ class Flickr30kTrainSet(torch.utils.data.Dataset):
         own = int(self.caption_to_image[index])
         other_caption = self._other_caption(rng, own)
         random_image = self._other_image(rng, own)
+        if self.hard_captions is not None:
+            return self._with_hard_caption(rng, index, own, other_caption, random_image)
         hard = int(self.hard_negatives[index])
         fallback = hard == NOT_MINED or hard == own
         if fallback:
@@ -112,6 +165,17 @@ class Flickr30kTrainSet(torch.utils.data.Dataset):
         text, image = self.text(index), self.image(own)
         return {"texts": [text, self.text(other_caption), text, text],
                 "images": [image, image, self.image(random_image), self.image(hard)],
+                "label": 0, "count_hard_fallback": int(fallback), "count_hard_mined": int(not fallback)}
+
+
+    def _with_hard_caption(self, rng, index: int, own: int, other_caption: int, random_image: int) -> dict:
+        """The release's fourth pair: a hard caption of another image, with this image."""
+        pool = self.hard_captions[own]
+        fallback = pool.size == 0
+        hard = self._other_caption(rng, own) if fallback else int(pool[rng.integers(pool.size)])
+        text, image = self.text(index), self.image(own)
+        return {"texts": [text, self.text(other_caption), text, self.text(hard)],
+                "images": [image, image, self.image(random_image), image],
                 "label": 0, "count_hard_fallback": int(fallback), "count_hard_mined": int(not fallback)}
 
 
@@ -155,11 +219,7 @@ class HardNegativeMiner:
                 chunk = captions[start:start + self.chunk]
                 pool = rng.choice(len(dataset.image_ids), size=min(self.pool_size + 1, len(dataset.image_ids)),
                                   replace=False)
-                texts = embed_in_chunks(scorer.embed_texts, lambda rows: _text_batch(dataset, rows), list(chunk))
-                images = embed_in_chunks(scorer.embed_images, lambda rows: _image_batch(dataset, rows), list(pool))
-                scores = score_all_pairs(scorer, texts, images, self.pair_batch, collective=False)
-                own = dataset.caption_to_image[chunk]
-                scores[torch.from_numpy(own[:, None] == pool[None, :])] = -1.0
+                scores = score_captions_against_images(scorer, dataset, chunk, pool, self.pair_batch)
                 best = pool[scores.argmax(dim=1).numpy()]
                 dataset.hard_negatives[torch.from_numpy(chunk)] = torch.from_numpy(best.astype(np.int64))
                 scored += scores.numel()
@@ -176,6 +236,18 @@ class HardNegativeMiner:
     def load_state_dict(self, state: dict) -> None:
         self.dataset.hard_negatives.copy_(state["hard_negatives"])
         self.refreshes, self.pairs_scored = int(state["refreshes"]), int(state["pairs_scored"])
+
+
+def score_captions_against_images(scorer, dataset: Flickr30kTrainSet, captions: np.ndarray, images: np.ndarray,
+                                  pair_batch: int) -> torch.Tensor:
+    """captions x images match scores of training captions and images (indices), a caption against
+    its own image set to -inf, so that neither kind of hard negative can be a positive."""
+    texts = embed_in_chunks(scorer.embed_texts, lambda rows: _text_batch(dataset, rows), list(captions))
+    pictures = embed_in_chunks(scorer.embed_images, lambda rows: _image_batch(dataset, rows), list(images))
+    scores = score_all_pairs(scorer, texts, pictures, pair_batch, collective=False)
+    own = dataset.caption_to_image[captions]
+    scores[torch.from_numpy(own[:, None] == np.asarray(images)[None, :])] = -float("inf")
+    return scores
 
 
 def _text_batch(dataset: Flickr30kTrainSet, rows) -> dict:

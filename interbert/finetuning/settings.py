@@ -28,6 +28,7 @@ class HardNegativeSettings:
     enabled: bool = True
     pool_size: int = 16
     refresh_every: int = 100
+    kind: str = "mined-images"  # or "release-captions" (a precomputed pool file, --hard-captions)
 
 
 @dataclass
@@ -115,6 +116,8 @@ class TaskInputs:
     vcr_train: str | None = None
     vcr_val: str | None = None
     vcr_test: str | None = None
+    hard_negatives: str | None = None  # overrides finetune.hard_negatives.kind
+    hard_captions: str | None = None
     glue_dir: str | None = None
     skip_malformed: bool = False
     eval_batch_size: int = 32

@@ -95,15 +95,28 @@ def _predict(model, dataset, indices, collate, batch_size: int, device, dtype) -
 # ---------------------------------------------------------------------- Flickr30K
 def flickr30k_task(inputs: TaskInputs, settings: FinetuneSettings) -> Task:
     from interbert.evaluation.retrieval import build_retrieval_corpus
-    from interbert.finetuning.flickr30k import Flickr30kTrainSet, HardNegativeMiner
+    from interbert.finetuning.flickr30k import HARD_KINDS, Flickr30kTrainSet, HardCaptionPool, HardNegativeMiner
     from interbert.evaluation.full_retrieval import evaluate_full_retrieval
 
     _require(inputs, "features", "captions")
     length = settings.max_text_len or DEFAULT_TEXT_LENGTH["flickr30k"]
+    hard = settings.hard_negatives
+    kind = inputs.hard_negatives or hard.kind
+    if kind not in HARD_KINDS:
+        raise TaskInputError(f"hard negatives {kind!r}: choose {' or '.join(HARD_KINDS)} (--hard-negatives, or "
+                             "finetune.hard_negatives.kind)")
     train_set = None
     if not inputs.eval_only:
+        pool = None
+        if hard.enabled and kind == "release-captions":
+            if not inputs.hard_captions:
+                raise TaskInputError("--hard-negatives release-captions needs --hard-captions FILE, a pool that "
+                                     "python -m interbert.finetuning.hard_captions writes")
+            _require(inputs, "hard_captions")
+            pool = HardCaptionPool.load(inputs.hard_captions)
         train_set = Flickr30kTrainSet(inputs.features, inputs.captions, inputs.vocab, split=inputs.train_split,
-                                      max_regions=settings.max_regions, max_text_len=length, seed=inputs.seed)
+                                      max_regions=settings.max_regions, max_text_len=length, seed=inputs.seed,
+                                      hard_captions=pool)
     corpus = build_retrieval_corpus(inputs.features, [inputs.captions], inputs.vocab, inputs.eval_split,
                                     inputs.eval_images or None, length, settings.max_regions)
 
@@ -118,15 +131,15 @@ def flickr30k_task(inputs: TaskInputs, settings: FinetuneSettings) -> Task:
         return metrics
 
     miner_factory = None
-    hard = settings.hard_negatives
-    if hard.enabled and train_set is not None:
+    if hard.enabled and kind == "mined-images" and train_set is not None:
         def miner_factory(sampler, device, dtype, window):
             return HardNegativeMiner(train_set, sampler, pool_size=hard.pool_size, refresh_every=hard.refresh_every,
                                      window=window, device=device, dtype=dtype, seed=inputs.seed)
     notes = [f"evaluation: {len(corpus.image_ids)} images x {len(corpus)} captions of split {inputs.eval_split!r}"]
     if train_set is not None:
         notes.insert(0, f"training: {len(train_set)} captions of {len(train_set.image_ids)} images, 4-way "
-                        f"({settings.retrieval_loss} loss), {int(train_set.captions.truncated.sum())} captions "
+                        f"({settings.retrieval_loss} loss, hard negatives: {kind if hard.enabled else 'off'}), "
+                        f"{int(train_set.captions.truncated.sum())} captions "
                         f"truncated to {length} word pieces")
     spec = TaskSpec("flickr30k", "retrieval", retrieval_loss=settings.retrieval_loss)
     return Task(spec, train_set, collate_choices, evaluate, notes, miner_factory)
