@@ -119,7 +119,14 @@ class Heartbeat:
             return "unknown host"
 
     def _end(self, other: int, silent: float, who: str) -> None:
+        from interbert.training.distributed import remove_cpu_allreduce_buffer
+
         print(f"[watchdog] rank {self.rank}: rank {other} ({who}) has not answered for {silent:.0f} s (stopped, "
               f"hung or its node lost; --rank-timeout sets the limit): ending this rank so the job does not hang",
               file=sys.stderr, flush=True)
+        # os._exit skips the exit handlers: remove this rank's all-reduce segment here, and the silent
+        # rank's when it runs on this machine (it will be killed and cannot remove its own).
+        remove_cpu_allreduce_buffer(self.rank)
+        if who.startswith(f"{socket.gethostname()} "):
+            remove_cpu_allreduce_buffer(other)
         os._exit(EXIT_SILENT_RANK)
