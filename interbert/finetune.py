@@ -29,14 +29,12 @@ from pathlib import Path  # noqa: E402
 from interbert.config import PRESETS, InterBertConfig  # noqa: E402
 from interbert.data.tokenization import find_vocab  # noqa: E402
 from interbert.errors import UsageError, run_reporting_user_errors  # noqa: E402
-from interbert.training.precision import PRECISIONS  # noqa: E402
-from interbert.training.startup import add_guard_arguments  # noqa: E402
+from interbert.training.startup import add_run_arguments  # noqa: E402
 
 
 
 def build_parser(prog: str = "interbert/finetune.py") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     return parser
 
@@ -53,9 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--features", help="feature store (flickr30k, vcr: the detector regions)")
     data.add_argument("--gt-features", help="vcr: feature store of the ground-truth object boxes, keyed by img_fn")
     data.add_argument("--captions", help="flickr30k: caption manifest with train/val/test splits")
-    data.add_argument("--train-split", default="train", help="flickr30k: manifest split to train on")
-    data.add_argument("--eval-split", default="val", help="flickr30k: manifest split to evaluate on")
-    data.add_argument("--eval-images", type=int, default=0, help="flickr30k: the first N images (0: all)")
+    data.add_argument("--train-split", default="train", help="flickr30k: manifest split to train on (default train)")
+    data.add_argument("--eval-split", default="val", help="flickr30k: manifest split to evaluate on (default val)")
+    data.add_argument("--eval-images", type=int, default=0, help="flickr30k: the first N images (default 0: all)")
     data.add_argument("--hard-negatives", choices=("mined-images", "release-captions"),
                       help="flickr30k: the 4th pair's hard negative: an image mined online from the model being "
                            "trained, or (the release's) a hard caption from a precomputed pool (default: "
@@ -70,28 +68,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--skip-malformed", action="store_true", help="glue: skip (and count) malformed lines")
     data.add_argument("--vocab", help="the bert-base-uncased vocab.txt (default: vocab.txt of --init-model or "
                                       "--init-bert)")
-    data.add_argument("--num-workers", type=int, default=2, help="DataLoader workers per rank")
+    data.add_argument("--num-workers", type=int, default=2, help="DataLoader workers per rank (default 2)")
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument("--eval-only", action="store_true", help="evaluate --init-model and exit")
-    evaluation.add_argument("--eval-batch-size", type=int, default=32, help="vcr/glue examples per forward")
-    evaluation.add_argument("--pair-batch", type=int, default=0, help="flickr30k: pairs per forward (0: from memory)")
+    evaluation.add_argument("--eval-batch-size", type=int, default=32, help="vcr/glue examples per forward (default 32)")
+    evaluation.add_argument("--pair-batch", type=int, default=0, help="flickr30k: pairs per forward (default 0: from memory)")
     evaluation.add_argument("--two-stage-k", type=int, default=0,
-                            help="flickr30k: also run the two-stage top-k re-ranking (0: off)")
-    run = parser.add_argument_group("run")
-    run.add_argument("--deepspeed_config", "--deepspeed-config", dest="deepspeed_config", required=True)
-    run.add_argument("--output-dir", required=True, help="checkpoints/, tensorboard/, model/, model_ema/ go here")
-    run.add_argument("--precision", choices=PRECISIONS, default="auto")
-    length = run.add_mutually_exclusive_group()
-    length.add_argument("--max-steps", type=int, help="optimizer steps (default: the config's epochs)")
-    length.add_argument("--epochs", type=float, help="epochs (default: finetune.epochs of the config)")
-    run.add_argument("--save-every", type=int, default=1000, help="checkpoint every N steps (0: end only)")
-    run.add_argument("--keep-last", type=int, default=2, help="older checkpoints kept besides the newest (0: all)")
-    run.add_argument("--log-every", type=int, default=50)
-    run.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: at the end)")
-    run.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoints")
-    run.add_argument("--seed", type=int, default=42)
-    run.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the DeepSpeed launcher")
-    add_guard_arguments(parser.add_argument_group("divergence guard and watchdog"))
+                            help="flickr30k: also run the two-stage top-k re-ranking (default 0: off)")
+    add_run_arguments(parser, keep_last=2, epochs_default="finetune.epochs of the config",
+                      outputs="checkpoints/, tensorboard/, model/, model_ema/, results.json")
 
 
 def check_args(args) -> None:

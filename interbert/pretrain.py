@@ -28,8 +28,7 @@ from pathlib import Path  # noqa: E402
 from interbert.config import PRESETS, InterBertConfig, parse_pretraining_tasks  # noqa: E402
 from interbert.data.tokenization import find_vocab  # noqa: E402
 from interbert.errors import UsageError, run_reporting_user_errors  # noqa: E402
-from interbert.training.precision import PRECISIONS  # noqa: E402
-from interbert.training.startup import add_guard_arguments  # noqa: E402
+from interbert.training.startup import add_run_arguments  # noqa: E402
 
 
 
@@ -69,33 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="manifest split for validation losses and retrieval (default val; '' for none)")
     data.add_argument("--eval-images", type=int, default=100,
                       help="held-out images for zero-shot retrieval during training (default 100; 0: none)")
-    run = parser.add_argument_group("run")
-    run.add_argument("--deepspeed_config", "--deepspeed-config", dest="deepspeed_config",
-                     required=True, help="DeepSpeed JSON config (see ds_configs/)")
-    run.add_argument("--output-dir", required=True,
-                     help="checkpoints/, tensorboard/, model/ and train_log.jsonl go here")
-    run.add_argument("--precision", choices=PRECISIONS, default="auto",
-                     help="default auto: the config's choice on CUDA, bf16 instead of fp16 on a CPU")
-    length = run.add_mutually_exclusive_group()
-    length.add_argument("--max-steps", type=int, help="optimizer steps to train")
-    length.add_argument("--epochs", type=float,
-                        help="epochs to train (default: the scheduler's total_num_steps)")
+    run = add_run_arguments(parser, keep_last=3, epochs_default="the scheduler's total_num_steps",
+                            outputs="checkpoints/, tensorboard/, model/ and train_log.jsonl")
     run.add_argument("--fit-schedule", action="store_true",
                      help="stretch the config's learning-rate schedule (total_num_steps, and "
                           "warm-up in proportion) to this run's length")
-    run.add_argument("--save-every", type=int, default=1000,
-                     help="checkpoint every N steps (default 1000; 0: at the end only)")
-    run.add_argument("--keep-last", type=int, default=3,
-                     help="older checkpoints kept besides the newest (default 3; 0: all)")
-    run.add_argument("--log-every", type=int, default=50, help="console and TensorBoard every N steps (default 50)")
-    run.add_argument("--eval-every", type=int, default=0,
-                     help="validate every N steps (default 0: only at the end)")
-    run.add_argument("--resume", action="store_true",
-                     help="continue from the latest checkpoint in OUTPUT_DIR/checkpoints")
-    run.add_argument("--seed", type=int, default=42, help="seed of every random draw (default 42)")
-    run.add_argument("--local_rank", "--local-rank", type=int, default=None,
-                     help="set by the DeepSpeed launcher")
-    add_guard_arguments(parser.add_argument_group("divergence guard and watchdog"))
 
 
 def check_args(args: argparse.Namespace) -> None:

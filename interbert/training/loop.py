@@ -239,12 +239,14 @@ class TrainingLoop:
     def train(self) -> int:
         """Run until max_steps, a stop signal or a non-finite loss; returns the exit status."""
         self.stop.install()
+        heartbeat = Heartbeat(self.env.rank, self.env.world_size, self.rank_timeout)
         if self.env.launcher != "single process":
             LauncherWatch(self.stop).start()
-            Heartbeat(self.env.rank, self.env.world_size, self.rank_timeout).start()
+            heartbeat.start()
         try:
             return self._train()
         finally:
+            heartbeat.stop()  # what follows (evaluation, export, exit) is guarded by the collective timeout
             self.stop.uninstall()
 
     def _train(self) -> int:

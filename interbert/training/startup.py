@@ -76,9 +76,39 @@ class RunSettings:
         return GuardSettings(self.loss_spike_factor, self.loss_spike_history, self.max_skipped_steps)
 
 
-def add_guard_arguments(group) -> None:
+def add_run_arguments(parser, *, keep_last: int, epochs_default: str, outputs: str):
+    """The flags of RunSettings, shared by `interbert pretrain` and `interbert finetune`; every help
+    text names its default once. `epochs_default`: where the run length comes from without a flag.
+    Returns the "run" group, for an entry point's own run flags."""
+    from interbert.training.precision import PRECISIONS
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--deepspeed_config", "--deepspeed-config", dest="deepspeed_config",
+                     required=True, help="DeepSpeed JSON config (see ds_configs/, or `interbert configs`)")
+    run.add_argument("--output-dir", required=True, help=f"{outputs} go here")
+    run.add_argument("--precision", choices=PRECISIONS, default="auto",
+                     help="default auto: the config's choice on CUDA, bf16 instead of fp16 on a CPU")
+    length = run.add_mutually_exclusive_group()
+    length.add_argument("--max-steps", type=int, help="optimizer steps to train")
+    length.add_argument("--epochs", type=float, help=f"epochs to train (default: {epochs_default})")
+    run.add_argument("--save-every", type=int, default=1000,
+                     help="checkpoint every N steps (default 1000; 0: at the end only)")
+    run.add_argument("--keep-last", type=int, default=keep_last,
+                     help=f"older checkpoints kept besides the newest (default {keep_last}; 0: all)")
+    run.add_argument("--log-every", type=int, default=50, help="console and TensorBoard every N steps (default 50)")
+    run.add_argument("--eval-every", type=int, default=0,
+                     help="validate every N steps (default 0: only at the end)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue from the latest checkpoint in OUTPUT_DIR/checkpoints")
+    run.add_argument("--seed", type=int, default=42, help="seed of every random draw (default 42)")
+    run.add_argument("--local_rank", "--local-rank", type=int, default=None, help="set by the DeepSpeed launcher")
+    _add_guard_arguments(parser.add_argument_group("divergence guard and watchdog"))
+    return run
+
+
+def _add_guard_arguments(group) -> None:
     """The flags of the divergence guard (training/guard.py) and the silent-rank watchdog
-    (training/watchdog.py), shared by both entry points."""
+    (training/watchdog.py)."""
     group.add_argument("--loss-spike-factor", type=float, default=10.0,
                        help="stop when a step's loss exceeds this many times the median of the previous steps' "
                             "(default 10; 0: never)")

@@ -75,6 +75,11 @@ class Heartbeat:
     def __init__(self, rank: int, world_size: int, timeout: float, interval: float = 1.0):
         self.rank, self.world_size, self.timeout, self.interval = rank, world_size, timeout, interval
         self.prefix = f"interbert/heartbeat/{os.environ.get('MASTER_PORT', '')}"
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        """Training is over: the ranks leave at their own pace, and rank 0's exit takes the store with it."""
+        self._stopped.set()
 
     def start(self) -> "Heartbeat":
         if self.world_size > 1 and self.timeout > 0:
@@ -96,7 +101,7 @@ class Heartbeat:
             return
         seen = {other: (-1, time.monotonic()) for other in range(self.world_size) if other != self.rank}
         beat = 0
-        while True:
+        while not self._stopped.is_set():
             beat += 1
             try:
                 store.set(f"{self.prefix}/beat/{self.rank}", str(beat))
@@ -109,8 +114,10 @@ class Heartbeat:
                     elif now - since > self.timeout:
                         self._end(other, now - since, self._who(store, other))
             except Exception:  # noqa: BLE001 - the store's server lives in rank 0's process
+                if self._stopped.is_set():
+                    return
                 self._end(0, self.timeout, "the rendezvous store's host")
-            time.sleep(self.interval)
+            self._stopped.wait(self.interval)
 
     def _who(self, store, other: int) -> str:
         try:
@@ -121,6 +128,8 @@ class Heartbeat:
     def _end(self, other: int, silent: float, who: str) -> None:
         from interbert.training.distributed import remove_cpu_allreduce_buffer
 
+        if self._stopped.is_set():
+            return
         print(f"[watchdog] rank {self.rank}: rank {other} ({who}) has not answered for {silent:.0f} s (stopped, "
               f"hung or its node lost; --rank-timeout sets the limit): ending this rank so the job does not hang",
               file=sys.stderr, flush=True)

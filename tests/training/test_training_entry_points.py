@@ -12,6 +12,7 @@ import pytest
 from training_test_helpers import REPO, VOCAB, explain, subprocess_env, write_ds_config
 
 import interbert
+from interbert.finetune import build_parser as build_finetune_parser
 from interbert.pretrain import build_parser
 
 
@@ -63,8 +64,9 @@ def test_version():
     assert result.returncode == 0 and result.stdout.strip() == f"interbert {interbert.__version__}"
 
 
-def test_every_pretraining_default_is_said_once():
-    for action in build_parser()._actions:
+@pytest.mark.parametrize("parser", [build_parser, build_finetune_parser], ids=["pretrain", "finetune"])
+def test_every_default_is_said_once(parser):
+    for action in parser()._actions:
         text = action.help or ""
         assert text.count("default") <= 1, (action.dest, text)
         if action.default not in (None, False, argparse.SUPPRESS):
