@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -78,8 +77,7 @@ def entry_point(module: str, config: dict, output: Path, *args: str) -> Path:
     (output / "ds_config.json").write_text(json.dumps(config, indent=2))
     command = [sys.executable, "-m", f"interbert.{module}", "--deepspeed_config", str(output / "ds_config.json"),
                "--output-dir", str(output), "--num-workers", "0", *args]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
-                            env={**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")})
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     (output / "console.log").write_text(result.stdout + result.stderr)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited {result.returncode}; see {output / 'console.log'}:\n"
