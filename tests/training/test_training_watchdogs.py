@@ -78,7 +78,10 @@ def test_ranks_of_a_killed_launcher_save_and_exit(corpus, tmp_path):
     finally:
         finish(process, output, log)
     text = (tmp_path / "job.log").read_text()
-    assert "stop requested (the launcher, pid" in text, text[-3000:]
+    # Rank 0 prints the stop; whichever rank noticed the launcher's end first requested it.
+    stops = [line for line in text.splitlines() if "stop requested (" in line]
+    assert len(stops) == 1, text[-3000:]
+    assert "(the launcher, pid" in stops[0] or "(another rank)" in stops[0], stops[0]
     latest = (output / "checkpoints" / "latest").read_text().strip()
     assert read_train_log(output)[-1]["step"] == int(latest.removeprefix("global_step"))
 
