@@ -11,6 +11,28 @@ VENV=${INTERBERT_VENV:-.venv}
 TORCH_SPEC=${INTERBERT_TORCH_SPEC:-torch==2.13.0}
 PY="$VENV/bin/python"
 
+# What the several-hosts tests need from Debian: a private sshd and pdsh (two hosts on loopback),
+# slurmctld/slurmd and munge (a one-node SLURM). Installed as root (as CI runs); elsewhere the tests
+# that need them skip, naming what is missing.
+
+system_packages() {
+    local missing=()
+    command -v /usr/sbin/sshd >/dev/null || missing+=(openssh-server)
+    command -v pdsh >/dev/null || missing+=(pdsh)
+    command -v slurmd >/dev/null || missing+=(slurm-wlm)
+    command -v munged >/dev/null || missing+=(munge)
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+        echo "[run.sh] not installing ${missing[*]} (needs root and apt-get): the several-hosts tests will skip"
+        return 0
+    fi
+    echo "[run.sh] installing ${missing[*]} (Debian packages, for the several-hosts tests)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q "${missing[@]}" >/dev/null \
+        || { apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null; } \
+        || echo "[run.sh] apt-get could not install ${missing[*]}: the several-hosts tests will skip"
+}
+
 setup() {
     if [ ! -x "$PY" ]; then
         echo "[run.sh] creating the virtual environment in $VENV"
@@ -78,6 +100,7 @@ case "$cmd" in
     test)
         shift
         setup
+        system_packages
         exec "$PY" -m pytest "$@"
         ;;
     main)

@@ -23,6 +23,8 @@ COMMAND_MODULES = {
     "finetune": "interbert.finetuning.commands",
     "pretrain": "interbert.training.commands",
     "configs": "interbert.resources",
+    "cluster-env": "interbert.cluster.commands",
+    "launch": "interbert.cluster.launch",
 }
 
 
@@ -49,7 +51,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv).parse_args(argv)
+    parser = build_parser(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passes_through", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra  # the arguments a pass-through command (launch) hands on unchanged
     return int(args.func(args) or 0)
 
 

@@ -129,8 +129,9 @@ def run(args) -> int:
     if settings.task and settings.task != args.task:
         raise UsageError(f"{args.deepspeed_config} is for task {settings.task!r} (finetune.task), not {args.task!r}")
     job = startup.prepare(run_settings, "finetune", raw_config, trains=not args.eval_only)
-    task = build_task(TaskInputs.from_args(args), settings)
-    startup.start(job)
+    built = []
+    startup.start(job, [lambda: built.append(build_task(TaskInputs.from_args(args), settings))])  # on every host
+    task = built[0]
     for note in task.notes:
         job.say(note)
     startup.seed_everything(run_settings.seed)

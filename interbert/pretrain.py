@@ -135,10 +135,12 @@ def run(args: argparse.Namespace) -> int:
         model_config = model_config_from_args(args)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    check_paths(args.features, args.captions)
-    check_feature_size(args.features, model_config)
-    args.vocab = find_vocab(args.vocab, {"--init-bert": args.init_bert, "--init-model": args.init_model})
-    startup.start(job)
+    def check_inputs() -> None:  # on every host: each reads its own view of the paths
+        check_paths(args.features, args.captions)
+        check_feature_size(args.features, model_config)
+        args.vocab = find_vocab(args.vocab, {"--init-bert": args.init_bert, "--init-model": args.init_model})
+
+    startup.start(job, [check_inputs])
     return train(args, job, model_config)
 
 

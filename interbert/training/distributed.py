@@ -2,9 +2,10 @@
 
 Three ways in:
 - the DeepSpeed launcher (or torchrun) sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT;
-- `mpirun -np N python interbert/pretrain.py ...`: Open MPI sets OMPI_COMM_WORLD_*; we read
-  rank, world size and local rank from mpi4py and honour MASTER_ADDR / MASTER_PORT when they
-  are set (DeepSpeed's own MPI discovery overwrites them, so it is switched off);
+- `mpirun -np N python interbert/pretrain.py ...` (also `deepspeed --launcher openmpi`): Open MPI
+  sets OMPI_COMM_WORLD_* (MPICH and MVAPICH their own), read without initialising MPI, so a rank
+  that fails ends with a plain non-zero exit that mpirun turns into the end of the job; we honour
+  MASTER_ADDR / MASTER_PORT when set (DeepSpeed's own MPI discovery overwrites them, so it is off);
 - a plain `python interbert/pretrain.py`: a world of one.
 """
 from __future__ import annotations
@@ -12,9 +13,12 @@ from __future__ import annotations
 import atexit
 import os
 import socket
+import sys
 from dataclasses import dataclass
 
 import torch
+
+from interbert.errors import UsageError
 
 DEFAULT_MASTER_ADDR = "127.0.0.1"
 DEFAULT_MASTER_PORT = "29500"
@@ -39,29 +43,60 @@ def launched_by_mpirun(environ=os.environ) -> bool:
     return "RANK" not in environ and any(key in environ for key in MPI_MARKERS)
 
 
-def _set_environment_from_mpi() -> None:
-    """RANK / WORLD_SIZE / LOCAL_RANK from mpi4py; MASTER_ADDR / MASTER_PORT kept when set."""
+# rank, world size, local rank, local size as each MPI's launcher sets them for its processes
+MPI_VARIABLES = (
+    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"),
+    ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"),  # MPICH and Intel MPI (hydra)
+    ("MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_SIZE"),
+)
+
+
+def mpi_placement(environ=os.environ) -> tuple[int, int, int, int] | None:
+    """(rank, world size, local rank, local size) from the MPI launcher's variables, or None."""
+    for names in MPI_VARIABLES:
+        if all(name in environ for name in names):
+            return tuple(int(environ[name]) for name in names)  # type: ignore[return-value]
+    return None
+
+
+def _placement_from_mpi4py() -> tuple[int, int, int, int]:
+    """The same through MPI itself, for launchers that set none of MPI_VARIABLES. MPI is then
+    initialised in this process: an uncaught exception aborts the whole job (MPI_Abort) instead of
+    leaving the other ranks waiting in a collective for a rank that has gone."""
     try:
         from mpi4py import MPI
     except ImportError as error:
-        raise RuntimeError(
-            "this process was started by mpirun, but mpi4py cannot be imported "
-            f"({error}); install it with `pip install mpi4py` (the `mpi` extra)"
-        ) from None
+        raise UsageError("this process was started by mpirun, but mpi4py cannot be imported "
+                         f"({error}); install it with `pip install mpi4py` (the `mpi` extra)") from None
+    previous = sys.excepthook
+
+    def abort_job(kind, value, trace):
+        previous(kind, value, trace)
+        MPI.COMM_WORLD.Abort(1)
+
+    sys.excepthook = abort_job
     world = MPI.COMM_WORLD
     rank, world_size = world.Get_rank(), world.Get_size()
     node = world.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
     local_rank, local_size = node.Get_rank(), node.Get_size()
     node.Free()
+    return rank, world_size, local_rank, local_size
+
+
+def _set_environment_from_mpi() -> None:
+    """RANK / WORLD_SIZE / LOCAL_RANK / LOCAL_SIZE from the MPI launcher's variables (MPI itself
+    only where it sets none); MASTER_ADDR / MASTER_PORT kept when set."""
+    rank, world_size, local_rank, local_size = mpi_placement() or _placement_from_mpi4py()
     if world_size > local_size and "MASTER_ADDR" not in os.environ:
-        raise RuntimeError(
-            f"mpirun started {world_size} ranks over several nodes ({local_size} on this one) but "
-            "MASTER_ADDR is not set: export MASTER_ADDR=<address of rank 0's node> (and "
-            "MASTER_PORT) and pass them with `mpirun -x MASTER_ADDR -x MASTER_PORT`"
-        )
+        raise UsageError(
+            f"mpirun started {world_size} ranks over several nodes ({local_size} on this one) but MASTER_ADDR is "
+            "not set: export MASTER_ADDR=<address of rank 0's node> and MASTER_PORT and pass them with `mpirun -x "
+            "MASTER_ADDR -x MASTER_PORT` (under deepspeed --launcher openmpi: put them in .deepspeed_env, "
+            "`interbert cluster-env --master-addr ADDR --master-port PORT --write`)")
     os.environ["RANK"] = str(rank)
     os.environ["WORLD_SIZE"] = str(world_size)
     os.environ["LOCAL_RANK"] = str(local_rank)
+    os.environ["LOCAL_SIZE"] = str(local_size)
     os.environ.setdefault("MASTER_ADDR", DEFAULT_MASTER_ADDR)
     os.environ.setdefault("MASTER_PORT", DEFAULT_MASTER_PORT)
 
@@ -88,7 +123,12 @@ def discover_job(local_rank_flag: int | None = None) -> JobPlacement:
     """Read (and for mpirun, set) RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT.
 
     `local_rank_flag` is the launcher's `--local_rank`; the environment wins when both exist."""
-    if launched_by_mpirun():
+    from interbert.training.slurm import launched_by_srun, set_environment_from_slurm
+
+    if launched_by_srun():
+        set_environment_from_slurm()
+        launcher = "srun"
+    elif launched_by_mpirun():
         _set_environment_from_mpi()
         launcher = "mpirun"
     elif "RANK" in os.environ:

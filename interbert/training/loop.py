@@ -30,7 +30,7 @@ from interbert.training.monitor import Monitor, StepTimer, format_duration
 from interbert.training.objective import Objective
 from interbert.training.precision import PrecisionChoice
 from interbert.training.stopping import StopRequest
-from interbert.training.watchdog import Heartbeat, LauncherWatch
+from interbert.training.watchdog import Heartbeat, LauncherWatch, lost_peer
 
 EXIT_OK = 0
 EXIT_NONFINITE = 3
@@ -245,6 +245,10 @@ class TrainingLoop:
             heartbeat.start()
         try:
             return self._train()
+        except RuntimeError as error:
+            if lost_peer(error):
+                heartbeat.end_for_lost_peer(error)  # names the rank that went away and ends this one
+            raise
         finally:
             heartbeat.stop()  # what follows (evaluation, export, exit) is guarded by the collective timeout
             self.stop.uninstall()

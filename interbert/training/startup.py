@@ -17,7 +17,7 @@ import os
 import random
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -132,6 +132,7 @@ class Job:
     precision: object  # precision.PrecisionChoice
     say: Callable[[str], None]
     env: object = None  # distributed.DistributedEnvironment, after `start`
+    trains: bool = True
 
 
 def prepare(run: RunSettings, prefix: str, raw_config: dict | None = None, *, trains: bool = True) -> Job:
@@ -139,6 +140,7 @@ def prepare(run: RunSettings, prefix: str, raw_config: dict | None = None, *, tr
     when the caller has already read it (fine-tuning takes its `finetune` section out first)."""
     from interbert.training import ds_config as dsc
     from interbert.training.distributed import discover_job, job_device
+    from interbert.training.hosts import check_launch_host
     from interbert.training.precision import resolve_precision
 
     placement = discover_job(run.local_rank)
@@ -152,30 +154,43 @@ def prepare(run: RunSettings, prefix: str, raw_config: dict | None = None, *, tr
     ds_config = dsc.resolve_batch_sizes(raw, placement.world_size, path)
     device = job_device(placement)
     precision = resolve_precision(run.precision, ds_config, device, path)
-    if trains:
-        latest = run.checkpoint_dir / "latest"
-        if run.resume and not latest.is_file():
-            raise UsageError(f"--resume: no checkpoint in {run.checkpoint_dir} (no 'latest' file); "
-                             "start without --resume")
-        if not run.resume and latest.is_file():
-            raise UsageError(f"{run.checkpoint_dir} already holds checkpoints: pass --resume to continue "
-                             "that run, or choose another --output-dir")
-        if run.resume:
-            from interbert.training.checkpoint import check_precision
-
-            check_precision(run.checkpoint_dir, precision.name)
-    return Job(run, placement, ds_config, device, precision, say)
+    check_launch_host()
+    return Job(run, placement, ds_config, device, precision, say, trains=trains)
 
 
-def start(job: Job):
-    """The process group (collective), CPU threads, and the run's first lines."""
+def check_checkpoint_folder(job: Job) -> None:
+    """--resume finds a checkpoint; a fresh run finds none. Run on every host (`start`)."""
+    run = job.run
+    latest = run.checkpoint_dir / "latest"
+    if run.resume and not latest.is_file():
+        raise UsageError(f"--resume: no checkpoint in {run.checkpoint_dir} (no 'latest' file); "
+                         "start without --resume")
+    if not run.resume and latest.is_file():
+        raise UsageError(f"{run.checkpoint_dir} already holds checkpoints: pass --resume to continue "
+                         "that run, or choose another --output-dir")
+    if run.resume:
+        from interbert.training.checkpoint import check_precision
+
+        check_precision(run.checkpoint_dir, job.precision.name)
+
+
+def start(job: Job, checks: Sequence[Callable[[], None]] = ()):
+    """The process group (collective), the checks every host must pass (the shared --output-dir,
+    the checkpoint folder, then `checks`: the entry point's inputs), CPU threads, the first lines."""
+    from interbert.training.console import install_console
     from interbert.training.distributed import init_process_group
     from interbert.training.extensions import check_build_locks
+    from interbert.training.shared_folder import agree_on_every_host
+
+    if job.placement.launcher != "single process":
+        install_console(job.run.output_dir, job.placement.rank)  # prints survive a closed ssh session
 
     check_build_locks(job.say)  # the process group's start may compile an op: never wait on a dead build
     timeout = job.run.rank_timeout + 60 if job.run.rank_timeout else None  # the watchdog speaks first
     env = init_process_group(job.placement, job.device, timeout)
     job.env = env
+    folder_checks = [lambda: check_checkpoint_folder(job)] if job.trains else []
+    agree_on_every_host(job.run.output_dir, env.rank, [*folder_checks, *checks])
     set_cpu_threads(job.placement, job.device, job.say)
     job.say(f"{env.world_size} rank(s) via {env.launcher}, device {job.device}, backend {env.backend}")
     job.say(f"precision: {job.precision.name} ({job.precision.reason})")

@@ -1,7 +1,8 @@
 """Two watchdogs that keep a job from running on unwatched or hanging for half an hour.
 
 - `LauncherWatch`: the launcher (the `deepspeed` command, torchrun, mpirun) is gone, e.g. killed
-  with SIGTERM, which ends it at once without waiting for its ranks. Each rank notices within a
+  with SIGTERM, which ends it at once without waiting for its ranks, or the console it gave the
+  rank (the ssh session of pdsh or mpirun on another host) has closed. Each rank notices within a
   second and turns it into a stop request: the ranks agree at the next step, save and exit.
 - `Heartbeat`: a rank that stops answering (SIGSTOP, a hung kernel, a dead node) would block every
   other rank in its next collective until the collective timeout. Each rank bumps a counter in
@@ -19,6 +20,9 @@ import threading
 import time
 from datetime import timedelta
 from pathlib import Path
+
+from interbert.training import console
+from interbert.training.hosts import host_label
 
 LAUNCHER_MARKERS = ("deepspeed", "torchrun", "torch.distributed.run", "mpirun", "orterun", "prterun", "orted")
 EXIT_SILENT_RANK = 4
@@ -51,13 +55,23 @@ def launcher_processes(pid: int | None = None) -> list[tuple[int, str]]:
     return found
 
 
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
+
+
+def lost_peer(error: BaseException) -> bool:
+    """Whether a collective failed because another rank's process or host went away."""
+    from torch.distributed import DistBackendError
+
+    return isinstance(error, DistBackendError) or any(text in str(error) for text in PEER_GONE)
+
+
 class LauncherWatch:
     def __init__(self, stop, interval: float = 1.0):
         self.stop, self.interval = stop, interval
         self.watched = launcher_processes()
 
     def start(self) -> "LauncherWatch":
-        if self.watched:
+        if self.watched or console.current() is not None:
             threading.Thread(target=self._watch, name="interbert-launcher-watch", daemon=True).start()
         return self
 
@@ -68,6 +82,11 @@ class LauncherWatch:
                 if stat is None or stat[1] != started:
                     self.stop.request(f"the launcher, pid {pid}, exited")
                     return
+            guard = console.current()
+            if guard is not None and guard.lost():
+                guard.divert()
+                self.stop.request(f"the launcher's connection to {socket.gethostname()} closed")
+                return
             time.sleep(self.interval)
 
 
@@ -86,16 +105,16 @@ class Heartbeat:
             threading.Thread(target=self._run, name="interbert-heartbeat", daemon=True).start()
         return self
 
-    def _store(self):
+    def _store(self, timeout: float | None = None):
         from torch.distributed import TCPStore
 
         return TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-                        timeout=timedelta(seconds=self.timeout), wait_for_workers=False)
+                        timeout=timedelta(seconds=timeout or self.timeout), wait_for_workers=False)
 
     def _run(self) -> None:
         try:
             store = self._store()
-            store.set(f"{self.prefix}/who/{self.rank}", f"{socket.gethostname()} pid {os.getpid()}")
+            store.set(f"{self.prefix}/who/{self.rank}", f"{host_label()} pid {os.getpid()}")
         except Exception as error:  # noqa: BLE001 - a store we cannot reach: the job's own checks report it
             print(f"[watchdog] rank {self.rank}: no heartbeat ({error.__class__.__name__}: {error})", flush=True)
             return
@@ -107,8 +126,7 @@ class Heartbeat:
                 store.set(f"{self.prefix}/beat/{self.rank}", str(beat))
                 now = time.monotonic()
                 for other, (last, since) in seen.items():
-                    value = int(store.get(f"{self.prefix}/beat/{other}")) if store.check(
-                        [f"{self.prefix}/beat/{other}"]) else -1
+                    value = self._beat(store, other)
                     if value != last:
                         seen[other] = (value, now)
                     elif now - since > self.timeout:
@@ -119,6 +137,30 @@ class Heartbeat:
                 self._end(0, self.timeout, "the rendezvous store's host")
             self._stopped.wait(self.interval)
 
+    def end_for_lost_peer(self, error: BaseException, settle: float = 3.0) -> None:
+        """A collective failed because a peer went away (its process died, its host was lost): name
+        the rank whose heartbeat stopped, remove this rank's shared memory and end it (exit status 4),
+        instead of a gloo/NCCL traceback that names an address. Returns only when no heartbeat runs."""
+        if self.world_size < 2 or self.timeout <= 0 or self._stopped.is_set():
+            return
+        detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else error.__class__.__name__
+        try:
+            store = self._store(timeout=settle + 2)
+            before = {other: self._beat(store, other) for other in range(self.world_size) if other != self.rank}
+            time.sleep(settle)  # live ranks beat every `interval` seconds
+            after = {other: self._beat(store, other) for other in before}
+            silent = [other for other in before if after[other] == before[other]]
+            named = ", ".join(f"rank {other} ({self._who(store, other)})" for other in silent) or "no rank"
+        except Exception:  # noqa: BLE001 - the store's server lives in rank 0's process
+            named = "rank 0 (the rendezvous store's host)"
+        self._stopped.set()
+        self._exit(f"[watchdog] rank {self.rank}: {named} is gone (its process ended or its host was lost; the "
+                   f"collective failed with: {detail}): ending this rank", named)
+
+    def _beat(self, store, other: int) -> int:
+        key = f"{self.prefix}/beat/{other}"
+        return int(store.get(key)) if store.check([key]) else -1
+
     def _who(self, store, other: int) -> str:
         try:
             return store.get(f"{self.prefix}/who/{other}").decode()
@@ -126,16 +168,21 @@ class Heartbeat:
             return "unknown host"
 
     def _end(self, other: int, silent: float, who: str) -> None:
-        from interbert.training.distributed import remove_cpu_allreduce_buffer
-
         if self._stopped.is_set():
             return
-        print(f"[watchdog] rank {self.rank}: rank {other} ({who}) has not answered for {silent:.0f} s (stopped, "
-              f"hung or its node lost; --rank-timeout sets the limit): ending this rank so the job does not hang",
-              file=sys.stderr, flush=True)
+        self._exit(f"[watchdog] rank {self.rank}: rank {other} ({who}) has not answered for {silent:.0f} s "
+                   "(stopped, hung or its node lost; --rank-timeout sets the limit): ending this rank so the job "
+                   "does not hang", f"rank {other} ({who})")
+
+    def _exit(self, message: str, named: str) -> None:
+        from interbert.training.distributed import remove_cpu_allreduce_buffer
+
+        print(message, file=sys.stderr, flush=True)
         # os._exit skips the exit handlers: remove this rank's all-reduce segment here, and the silent
-        # rank's when it runs on this machine (it will be killed and cannot remove its own).
+        # ranks' when they ran on this machine (they will be killed and cannot remove their own).
         remove_cpu_allreduce_buffer(self.rank)
-        if who.startswith(f"{socket.gethostname()} "):
-            remove_cpu_allreduce_buffer(other)
+        host = host_label()
+        for other in range(self.world_size):
+            if f"rank {other} ({host} " in named:
+                remove_cpu_allreduce_buffer(other)
         os._exit(EXIT_SILENT_RANK)

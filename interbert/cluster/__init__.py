@@ -1,0 +1,3 @@
+"""Running a job over several hosts: what each host's environment needs (`environment`), and the
+checks of a hostfile before DeepSpeed's launcher is started (`preflight`). Nothing here runs
+inside a training rank; the ranks' own checks are in interbert/training (hosts, shared_folder)."""
