@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from interbert.errors import UsageError
+from interbert.errors import UsageError, UserError
 
 
 @dataclass(frozen=True)
@@ -190,7 +190,13 @@ def start(job: Job, checks: Sequence[Callable[[], None]] = ()):
     env = init_process_group(job.placement, job.device, timeout)
     job.env = env
     folder_checks = [lambda: check_checkpoint_folder(job)] if job.trains else []
-    agree_on_every_host(job.run.output_dir, env.rank, [*folder_checks, *checks])
+    try:
+        agree_on_every_host(job.run.output_dir, env.rank, [*folder_checks, *checks])
+    except UserError:
+        import torch.distributed as torch_dist
+
+        torch_dist.destroy_process_group()  # a live gloo group at exit aborts the process (exit 134, not 2)
+        raise
     set_cpu_threads(job.placement, job.device, job.say)
     job.say(f"{env.world_size} rank(s) via {env.launcher}, device {job.device}, backend {env.backend}")
     job.say(f"precision: {job.precision.name} ({job.precision.reason})")

@@ -62,9 +62,10 @@ def pretrain_args(corpus: Path, config: Path, output: Path, *extra: str) -> list
             "--log-every", "1", "--vocab", VOCAB, *extra]
 
 
-def launch_deepspeed(args: list[str], timeout: float = 240, **popen) -> subprocess.CompletedProcess:
-    """The real launcher, 2 CPU ranks on hostfiles/localhost."""
-    command = [str(BIN / "deepspeed"), "--hostfile", "hostfiles/localhost", "--no_ssh_check",
+def launch_deepspeed(args: list[str], timeout: float = 240, hostfile: str = "hostfiles/localhost",
+                     **popen) -> subprocess.CompletedProcess:
+    """The real launcher, 2 CPU ranks on one host (hostfiles/localhost)."""
+    command = [str(BIN / "deepspeed"), "--hostfile", hostfile, "--no_ssh_check",
                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *args]
     return subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True,
                           text=True, timeout=timeout, **popen)
