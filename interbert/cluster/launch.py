@@ -4,7 +4,8 @@ every check passes, `deepspeed` is run with them (this process becomes it).
 
 Checks, each failing with one line that names the host and what to do (exit status 2):
 - the hostfile exists and parses;
-- one host that is not this machine, without --force_multi: DeepSpeed would run it here;
+- one host that is not this machine, without --force_multi: DeepSpeed would run it here (one host
+  that is this machine needs no ssh: --no_ssh_check and --master_addr 127.0.0.1 are added);
 - over several hosts (or --force_multi): every host answers over ssh without a password, has
   this Python and the training script at the same paths, and sees the script's input paths
   (--deepspeed_config, --features, --captions, --vocab); the master port is free on the first host.
@@ -100,7 +101,9 @@ def check_port(host: str, address: str, port: int, ssh_port: int | None) -> None
         raise UsageError(f"port {port} is in use on {host} (the rendezvous of rank 0): pass another --master_port")
 
 
-def preflight(argv: list[str]) -> None:
+def preflight(argv: list[str]) -> list[str]:
+    """The checks; returns the arguments to run deepspeed with (`argv`, with --no_ssh_check and
+    --master_addr 127.0.0.1 added for a hostfile of this machine alone)."""
     from interbert.training.hosts import is_this_machine
 
     args = _parse(argv)
@@ -111,18 +114,22 @@ def preflight(argv: list[str]) -> None:
             raise UsageError(f"--hostfile {args.hostfile} names one host, {hosts[0]}, which is not this machine: "
                              f"DeepSpeed would train here. Run the command on {hosts[0]}, or add --force_multi to "
                              "start it there over ssh")
-        return
+        # This machine alone: DeepSpeed's runner would still ssh to it (its check, and `hostname -I`
+        # for a missing --master_addr); nothing needs ssh here.
+        extra = [] if args.no_ssh_check else ["--no_ssh_check"]
+        extra += [] if args.master_addr else ["--master_addr", "127.0.0.1"]
+        return extra + argv
     if not multi:
-        return
+        return argv
     inputs = _script_inputs(args.user_args)
     for host in hosts:
         check_host(host, args.user_script, inputs, args.ssh_port)
     if args.master_addr:
         check_port(hosts[0], args.master_addr, args.master_port, args.ssh_port)
+    return argv
 
 
 def run(args) -> int:
-    argv = list(args.extra)
-    preflight(argv)
+    argv = preflight(list(args.extra))
     os.execvp("deepspeed", ["deepspeed", *argv])
     return 0  # not reached

@@ -94,5 +94,5 @@ def check_launch_host() -> None:
     raise UsageError(
         f"the hostfile names {launched.this_host}, but DeepSpeed's launcher started this rank on "
         f"{socket.gethostname()}: with one host in the hostfile it runs locally whatever the name. Run the "
-        f"command on {launched.this_host} itself (hostfile line 'localhost slots=N', with --no_ssh_check), or "
-        "from here add --force_multi so it goes over ssh (see 'Several hosts' in docs/training.md)")
+        f"command on {launched.this_host} itself, or from here add --force_multi so it goes over ssh "
+        "(`interbert launch` checks a hostfile first; see 'Several hosts' in docs/training.md)")

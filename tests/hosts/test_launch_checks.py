@@ -131,3 +131,15 @@ def test_a_rank_started_on_another_machine_than_its_hostfile_names_refuses(corpu
     assert errors, result.stderr[-3000:]  # the first rank to stop ends the others (DeepSpeed's launch)
     assert f"the hostfile names {NOT_THIS_MACHINE}, but DeepSpeed's launcher started this rank on" in errors[0]
     assert "Traceback" not in result.stderr
+
+
+def test_the_shipped_v100x8_hostfile_launches_on_this_machine_without_ssh():
+    """The mission's command on the node itself: one host that is this machine needs no ssh, so
+    `interbert launch` hands DeepSpeed --no_ssh_check and a loopback master address."""
+    from interbert.cluster.launch import preflight
+
+    argv = ["--hostfile", str(REPO / "hostfiles" / "v100x8"), "interbert/pretrain.py", "--preset", "paper-base"]
+    assert preflight(argv) == ["--no_ssh_check", "--master_addr", "127.0.0.1", *argv]
+    given = ["--hostfile", str(REPO / "hostfiles" / "v100x8"), "--no_ssh_check", "--master_addr", "10.0.0.1",
+             "interbert/pretrain.py"]
+    assert preflight(given) == given
