@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from interbert.errors import UsageError
+from interbert.errors import UsageError, UserError
 
 DEFAULT_MASTER_ADDR = "127.0.0.1"
 DEFAULT_MASTER_PORT = "29500"
@@ -168,11 +168,32 @@ def init_process_group(placement: JobPlacement, device: torch.device,
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     extra = {"timeout": timedelta(seconds=timeout_seconds)} if timeout_seconds else {}
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, **extra)
+    try:
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, **extra)
+    except RuntimeError as error:  # torch's DistNetworkError / DistStoreError
+        raise rendezvous_error(error, placement) from None
     if device.type == "cpu":
         atexit.register(remove_cpu_allreduce_buffer, placement.rank)
     return DistributedEnvironment(placement.rank, placement.world_size, placement.local_rank,
                                   placement.launcher, device, backend)
+
+
+class RendezvousError(UserError):
+    """The ranks could not meet at MASTER_ADDR:MASTER_PORT."""
+
+
+def rendezvous_error(error: RuntimeError, placement: JobPlacement) -> Exception:
+    """One line for a rendezvous that failed (a port in use, rank 0 unreachable); other errors as they are."""
+    address = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+    text = str(error)
+    if "address already in use" in text.lower() or "EADDRINUSE" in text:
+        return RendezvousError(f"the rendezvous port {address} is in use (another job?): pass another --master_port")
+    if "timed out" in text.lower() or "timeout" in text.lower():
+        return RendezvousError(
+            f"rank {placement.rank} could not meet rank 0 at {address}: rank 0's host stopped before it (see its "
+            "output), or that address is not reachable from here (--master_addr must be an address every host "
+            "routes to)")
+    return error
 
 
 def cpu_allreduce_buffer(rank: int) -> str:

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import threading
 import time
@@ -85,7 +84,7 @@ class LauncherWatch:
             guard = console.current()
             if guard is not None and guard.lost():
                 guard.divert()
-                self.stop.request(f"the launcher's connection to {socket.gethostname()} closed")
+                self.stop.request(f"the launcher's connection to {host_label()} closed")
                 return
             time.sleep(self.interval)
 

@@ -143,3 +143,19 @@ def test_the_shipped_v100x8_hostfile_launches_on_this_machine_without_ssh():
     given = ["--hostfile", str(REPO / "hostfiles" / "v100x8"), "--no_ssh_check", "--master_addr", "10.0.0.1",
              "interbert/pretrain.py"]
     assert preflight(given) == given
+
+
+def test_deepspeed_with_a_master_port_in_use_stops_with_one_line(corpus, tmp_path):
+    """Called directly (no `interbert launch` check), rank 0 names the busy rendezvous port."""
+    config = write_ds_config(tmp_path / "ds.json")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        command = [str(BIN / "deepspeed"), "--hostfile", "hostfiles/localhost", "--no_ssh_check", "--master_addr",
+                   "127.0.0.1", "--master_port", str(port),
+                   *pretrain_args(corpus, config, tmp_path / "run", "--max-steps", "1")]
+        result = subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert f"interbert/pretrain.py: error: the rendezvous port 127.0.0.1:{port} is in use" in result.stderr
+    assert "Traceback" not in result.stderr
