@@ -193,9 +193,10 @@ def start(job: Job, checks: Sequence[Callable[[], None]] = ()):
     try:
         agree_on_every_host(job.run.output_dir, env.rank, [*folder_checks, *checks])
     except UserError:
-        import torch.distributed as torch_dist
+        if env.world_size > 1:  # a live gloo group of several ranks at exit aborts the process (134, not 2)
+            import torch.distributed as torch_dist
 
-        torch_dist.destroy_process_group()  # a live gloo group at exit aborts the process (exit 134, not 2)
+            torch_dist.destroy_process_group()
         raise
     set_cpu_threads(job.placement, job.device, job.say)
     job.say(f"{env.world_size} rank(s) via {env.launcher}, device {job.device}, backend {env.backend}")
