@@ -30,8 +30,9 @@ def test_the_wheel_carries_every_config_and_hostfile(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("interbert-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for kind in resources.KINDS:
-        for path in (REPO / kind).iterdir():
-            assert any(name.endswith(f".data/data/share/interbert/{kind}/{path.name}") for name in names), path
+        for path in (p for p in (REPO / kind).rglob("*") if p.is_file()):
+            inside = path.relative_to(REPO / kind).as_posix()
+            assert any(name.endswith(f".data/data/share/interbert/{kind}/{inside}") for name in names), path
 
 
 def test_an_installed_prefix_is_searched_after_the_checkout(tmp_path, monkeypatch):
