@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from training_test_helpers import read_train_log
-from two_host_jobs import kill_job, processes, start, wait_for, wait_for_steps
+from two_host_jobs import end_job, processes, start, wait_for, wait_for_steps
 
 pytestmark = pytest.mark.slow
 
@@ -40,6 +40,6 @@ def test_openmpi_over_two_hosts_trains_checkpoints_and_a_rank_that_dies_ends_the
         process.wait(timeout=45)
         wait_for(lambda: not processes(output), 20, "processes of the job were left running")
     finally:
-        kill_job(process, output)
+        end_job(process, output)
     assert process.returncode != 0  # mpirun ended the job on both hosts
     assert [r["step"] for r in read_train_log(output)][:3] == [1, 2, 3]

@@ -17,7 +17,7 @@ from training_test_helpers import (
     REPO, explain, launch_deepspeed, pretrain_args, read_train_log, subprocess_env, write_ds_config,
 )
 from two_host_jobs import (
-    kill_job, launcher_pid, processes, rank_output, rank_pid, run, start, wait_for, wait_for_steps,
+    end_job, launcher_pid, processes, rank_output, rank_pid, run, start, wait_for, wait_for_steps,
 )
 
 from interbert.modeling import InterBertForPretraining
@@ -85,7 +85,7 @@ def test_preemption_saves_once_on_every_host_and_resumes_exactly(two_hosts, corp
         _sigterm(target, process, output)
         wait_for(lambda: not processes(output), 60, "the ranks on both hosts did not exit")
     finally:
-        kill_job(process, output)
+        end_job(process, output)
     said = rank_output(output, process.log_path.read_text())
     stops = [line for line in said.splitlines() if "stop requested (" in line]
     assert len(stops) == 1, said[-4000:]
@@ -117,7 +117,7 @@ def test_a_rank_killed_on_the_second_host_ends_the_job_naming_it(two_hosts, corp
         process.wait(timeout=30)  # within the rank timeout
         wait_for(lambda: not processes(output), 20, "processes of the job were left running")
     finally:
-        kill_job(process, output)
+        end_job(process, output)
     log = process.log_path.read_text()
     assert process.returncode != 0
     assert f"rank 1 (127.0.0.2 pid {lost}) is gone" in log, log[-4000:]

@@ -2,14 +2,11 @@
 openmpi), the processes each host runs, and waiting for them."""
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 from training_test_helpers import (
-    BIN, REPO, free_port, pretrain_args, read_train_log, subprocess_env, write_ds_config,
+    BIN, REPO, free_port, kill_job, pretrain_args, read_train_log, subprocess_env, wait_for, write_ds_config,
 )
 
 MASTER = "127.0.0.1"
@@ -48,7 +45,7 @@ def run(hosts, tmp_path: Path, corpus: Path, output: Path, *extra: str, timeout:
     try:
         process.wait(timeout=timeout)
     finally:
-        kill_job(process, output)
+        end_job(process, output)
     return process.returncode, process.log_path.read_text()
 
 
@@ -83,15 +80,6 @@ def launcher_pid(output: Path, node_rank: int) -> int:
     return parent(rank_pid(output, node_rank))
 
 
-def wait_for(condition, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"{what} within {seconds:.0f} s")
-
-
 def steps_logged(output: Path) -> int:
     try:
         return len(read_train_log(output))
@@ -108,19 +96,9 @@ def wait_for_steps(process, output: Path, count: int, seconds: float = 180) -> N
     wait_for(reached, seconds, f"{count} steps")
 
 
-def kill_job(process, output: Path) -> None:
+def end_job(process, output: Path) -> None:
     """Nothing of the job left on either host (a test's clean-up, whatever happened)."""
-    for pid in processes(output):
-        for number in (signal.SIGCONT, signal.SIGKILL):
-            try:
-                os.kill(pid, number)
-            except ProcessLookupError:
-                pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
+    kill_job(process, processes(output))
 
 
 def rank_output(output: Path, job_log: str) -> str:

@@ -8,7 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
-from training_test_helpers import BIN, REPO, free_port, pretrain_args, read_train_log, subprocess_env, write_ds_config
+from training_test_helpers import (
+    BIN, REPO, free_port, kill_job, pretrain_args, read_train_log, subprocess_env, wait_for, write_ds_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -41,28 +43,9 @@ def rank_pids(output: Path) -> dict[int, int]:
     return ranks
 
 
-def wait_for(condition, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"{what} within {seconds:.0f} s")
-
-
 def finish(process, output, log) -> None:
     log.close()
-    for pid in rank_pids(output).values():
-        for number in (signal.SIGCONT, signal.SIGKILL):
-            try:
-                os.kill(pid, number)
-            except ProcessLookupError:
-                pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
+    kill_job(process, rank_pids(output).values())
 
 
 def test_ranks_of_a_killed_launcher_save_and_exit(corpus, tmp_path):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from interbert.data.tokenization import default_vocab_file
@@ -78,3 +80,28 @@ def read_train_log(output: Path) -> list[dict]:
 
 def explain(result: subprocess.CompletedProcess) -> str:
     return f"exit {result.returncode}\nstdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}"
+
+
+def wait_for(condition, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"{what} within {seconds:.0f} s")
+
+
+def kill_job(process: subprocess.Popen, pids) -> None:
+    """A test's clean-up, whatever happened: `pids` (stopped ones too) and the launcher's session."""
+    for pid in pids:
+        for number in (signal.SIGCONT, signal.SIGKILL):
+            try:
+                os.kill(pid, number)
+            except ProcessLookupError:
+                pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
