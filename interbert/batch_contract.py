@@ -6,6 +6,21 @@ these keys, the model reads them, and the trainers and FLOP counter pass them al
 INPUT_KEYS = ("input_ids", "token_type_ids", "text_mask", "region_features", "region_locations", "region_mask")
 # The pretraining targets; mrm_soft_labels only where the store has class distributions.
 LABEL_KEYS = ("msm_labels", "mrm_labels", "mrm_soft_labels", "itm_labels")
-BATCH_KEYS = INPUT_KEYS + LABEL_KEYS
+# Where the MSM and MRM losses count, as flat indices into B×T and B×R (`loss_positions`): the data
+# path knows them, so the heads gather those rows on the device without asking the device which
+# labels are set (a boolean-mask selection would be a device-to-host sync in every micro-batch).
+POSITION_KEYS = ("msm_positions", "mrm_positions")
+BATCH_KEYS = INPUT_KEYS + LABEL_KEYS + POSITION_KEYS
 IGNORE_INDEX = -100  # a label with no target (torch's cross-entropy default)
 PAD_ID = 0  # [PAD] in the BERT vocabularies
+ITM_MATCHED = 1  # the ITM class of a caption that belongs to its image (the release used 0)
+
+
+def loss_positions(labels, rows=None):
+    """Flat indices (into ``labels.flatten()``, int64, ascending) of the entries that carry a target;
+    with ``rows`` (B bool) only those rows count. ``labels``: B×L long tensor. The data path calls it
+    on the host; the model only when a batch comes without positions (then it syncs)."""
+    keep = labels != IGNORE_INDEX
+    if rows is not None:
+        keep = keep & rows[:, None]
+    return keep.flatten().nonzero().squeeze(1)

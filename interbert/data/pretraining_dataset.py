@@ -22,7 +22,7 @@ from typing import Iterable, Optional
 import numpy as np
 import torch
 
-from interbert.batch_contract import BATCH_KEYS, IGNORE_INDEX, PAD_ID
+from interbert.batch_contract import BATCH_KEYS, IGNORE_INDEX, ITM_MATCHED, PAD_ID, POSITION_KEYS, loss_positions
 from interbert.data.batch_ring import ALIGNMENT, BatchRing
 from interbert.data.feature_store import CorruptRecordError, FeatureStore
 from interbert.data.itm import CaptionsByImage, draw_itm_captions
@@ -50,7 +50,8 @@ class PretrainingTasks:
     "none" (no text masked);
     region_task: "mrm" (anchors + IoU > threshold groups), "mom" (independent regions) or "none";
     mrm_soft_labels: also return the detector class distribution of masked regions (KL variant);
-    mask_mismatched_pairs: mask ITM negatives too (the paper's ITM input is the masked pair).
+    mask_mismatched_pairs: mask ITM negatives too (the paper's ITM input is the masked pair);
+    mrm_matched_only: `mrm_positions` leave out mismatched pairs (the model config's flag of that name).
     """
 
     text_task: str = "msm"
@@ -66,6 +67,7 @@ class PretrainingTasks:
     mrm_soft_labels: bool = False
     itm_negative_prob: float = 0.5
     mask_mismatched_pairs: bool = True
+    mrm_matched_only: bool = True
 
     def __post_init__(self):
         if self.text_task not in ("msm", "mlm", "none"):
@@ -279,7 +281,8 @@ class PretrainingDataset(torch.utils.data.Dataset):
         batch, _, failure = self.__getitems__([index])
         if failure:
             raise CorruptRecordError(failure)
-        return {key: value[0].numpy() for key, value in batch.items()}
+        # positions index a whole batch: a single sample goes without them
+        return {key: value[0].numpy() for key, value in batch.items() if key not in POSITION_KEYS}
 
     def __getitems__(self, indices) -> tuple:
         """``(batch, dropped image ids, failure)`` for samples ``indices`` (see the class docstring)."""
@@ -307,6 +310,9 @@ class PretrainingDataset(torch.utils.data.Dataset):
             ring.claim(torch.utils.data.get_worker_info().id)
         batch.update(self._regions(records, masked_pair, u, partial(_allocate, ring)))
         batch["itm_labels"] = torch.from_numpy(itm_labels)
+        batch["msm_positions"] = loss_positions(batch["msm_labels"])
+        matched = batch["itm_labels"] == ITM_MATCHED if tasks.mrm_matched_only else None
+        batch["mrm_positions"] = loss_positions(batch["mrm_labels"], matched)
         batch = {key: batch[key] for key in BATCH_KEYS if key in batch}
         return batch if ring is None else ring.seal(batch), [image_id for _, image_id in corrupt], None
 

@@ -6,10 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from interbert.batch_contract import ITM_MATCHED  # noqa: F401 (the heads' class order; re-exported)
 from interbert.config import InterBertConfig
 from interbert.modeling.layer_norm import layer_norm
-
-ITM_MATCHED = 1  # class index of "the caption belongs to the image" (the release used 0)
 
 
 class PredictionTransform(nn.Module):

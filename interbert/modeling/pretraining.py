@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from interbert.batch_contract import IGNORE_INDEX, INPUT_KEYS  # noqa: F401 (INPUT_KEYS re-exported)
+from interbert.batch_contract import INPUT_KEYS, loss_positions
 from interbert.config import InterBertConfig
 from interbert.modeling.backbone import InterBertModel, init_weights
 from interbert.modeling.heads import ITM_MATCHED, ItmHead, MrmHead, MsmHead
@@ -58,7 +58,7 @@ class InterBertForPretraining(PretrainedModelMixin, nn.Module):
         return self.itm_logits(**inputs).float().softmax(dim=-1)[:, ITM_MATCHED]
 
     def forward(self, msm_labels=None, mrm_labels=None, mrm_soft_labels=None, itm_labels=None,
-                **inputs: torch.Tensor) -> PretrainingOutput:
+                msm_positions=None, mrm_positions=None, **inputs: torch.Tensor) -> PretrainingOutput:
         missing = [key for key in INPUT_KEYS if key not in inputs]
         if missing:
             raise KeyError(f"the batch lacks {missing}; a batch holds the keys of docs/design.md")
@@ -66,9 +66,9 @@ class InterBertForPretraining(PretrainedModelMixin, nn.Module):
         tasks: dict[str, TaskLoss] = {}
         chosen = set(self.config.pretraining_tasks.split(","))  # the slot "msm" also carries MLM, "mrm" MOM
         if msm_labels is not None and chosen & {"msm", "mlm"}:
-            tasks["msm"] = self._msm(output.text_hidden, msm_labels)
+            tasks["msm"] = self._msm(output.text_hidden, msm_labels, msm_positions)
         if mrm_labels is not None and chosen & {"mrm", "mom"}:
-            tasks["mrm"] = self._mrm(output.image_hidden, mrm_labels, mrm_soft_labels, itm_labels)
+            tasks["mrm"] = self._mrm(output.image_hidden, mrm_labels, mrm_soft_labels, itm_labels, mrm_positions)
         itm_logits = self.itm_head(output.pooled_text, output.pooled_image)
         if itm_labels is not None and "itm" in chosen:
             tasks["itm"] = itm_loss(itm_logits, itm_labels)
@@ -83,24 +83,30 @@ class InterBertForPretraining(PretrainedModelMixin, nn.Module):
             itm_logits=itm_logits,
         )
 
-    def _msm(self, text_hidden: torch.Tensor, msm_labels: torch.Tensor) -> TaskLoss:
+    def _msm(self, text_hidden: torch.Tensor, msm_labels: torch.Tensor, positions=None) -> TaskLoss:
         # Only masked positions reach the vocabulary projection (30522-wide): the rest would
         # be wasted work and memory.
-        masked = msm_labels != IGNORE_INDEX
+        if positions is None:
+            positions = loss_positions(msm_labels)
         word_embeddings = self.interbert.embeddings.word_embeddings.weight
-        logits = self.msm_head(text_hidden[masked], word_embeddings)
-        return msm_loss(logits, msm_labels[masked])
+        logits = self.msm_head(gather_rows(text_hidden, positions), word_embeddings)
+        return msm_loss(logits, gather_rows(msm_labels, positions))
 
-    def _mrm(self, image_hidden, mrm_labels, mrm_soft_labels, itm_labels) -> TaskLoss:
-        masked = mrm_labels != IGNORE_INDEX
-        if self.config.mrm_matched_only and itm_labels is not None:
-            masked = masked & (itm_labels == ITM_MATCHED)[:, None]
+    def _mrm(self, image_hidden, mrm_labels, mrm_soft_labels, itm_labels, positions=None) -> TaskLoss:
         if self.config.mrm_loss == "kl" and mrm_soft_labels is None:
             raise ValueError(
                 "mrm_loss is 'kl' (the released target) but the batch has no mrm_soft_labels: "
                 "build the feature store with detector class distributions (cls_prob), or set "
                 "mrm_loss to 'ce' in the model config"
             )
-        logits = self.mrm_head(image_hidden[masked])
-        soft = mrm_soft_labels[masked] if self.config.mrm_loss == "kl" else None
-        return mrm_loss(logits, mrm_labels[masked], soft, self.config.mrm_loss)
+        if positions is None:
+            matched = itm_labels == ITM_MATCHED if self.config.mrm_matched_only and itm_labels is not None else None
+            positions = loss_positions(mrm_labels, matched)
+        logits = self.mrm_head(gather_rows(image_hidden, positions))
+        soft = gather_rows(mrm_soft_labels, positions) if self.config.mrm_loss == "kl" else None
+        return mrm_loss(logits, gather_rows(mrm_labels, positions), soft, self.config.mrm_loss)
+
+
+def gather_rows(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``values`` B×L(×…) at the flat indices ``positions`` (into B×L): N(×…), with no host sync."""
+    return values.flatten(0, 1).index_select(0, positions)

@@ -63,7 +63,8 @@ def tasks_for(model_config: InterBertConfig, store_has_class_probs: bool) -> Pre
             "no detector class distributions: set mrm_loss to 'ce' in a --model-config file, or "
             "rebuild the store with class distributions")
     return PretrainingTasks(text_task=text, region_task=region, mrm_soft_labels=wants_soft,
-                            itm_negative_prob=PretrainingTasks.itm_negative_prob if "itm" in chosen else 0.0)
+                            itm_negative_prob=PretrainingTasks.itm_negative_prob if "itm" in chosen else 0.0,
+                            mrm_matched_only=model_config.mrm_matched_only)
 
 
 def build_run_data(*, features: str, captions: list[str], vocab: str | None,

@@ -12,7 +12,7 @@ from interbert.data.loader import build_loader
 from interbert.data.pretraining_dataset import DatasetError, PretrainingDataset, PretrainingTasks
 
 BATCH_KEYS = ["input_ids", "token_type_ids", "text_mask", "region_features", "region_locations", "region_mask",
-              "msm_labels", "mrm_labels", "itm_labels"]
+              "msm_labels", "mrm_labels", "itm_labels", "msm_positions", "mrm_positions"]
 
 
 def corpus(tmp_path, records, entries):
@@ -35,7 +35,10 @@ def test_a_batch_is_exactly_the_batch_contract(synth_corpus, vocab_file):
     expected = {"input_ids": ((b, t), torch.long), "token_type_ids": ((b, t), torch.long),
                 "text_mask": ((b, t), torch.bool), "region_features": ((b, r, 2048), torch.float16),
                 "region_locations": ((b, r, 5), torch.float32), "region_mask": ((b, r), torch.bool),
-                "msm_labels": ((b, t), torch.long), "mrm_labels": ((b, r), torch.long), "itm_labels": ((b,), torch.long)}
+                "msm_labels": ((b, t), torch.long), "mrm_labels": ((b, r), torch.long), "itm_labels": ((b,), torch.long),
+                "msm_positions": ((int((batch["msm_labels"] != -100).sum()),), torch.long),
+                "mrm_positions": ((int(((batch["mrm_labels"] != -100) & (batch["itm_labels"] == 1)[:, None]).sum()),),
+                                  torch.long)}
     assert {k: (tuple(v.shape), v.dtype) for k, v in batch.items()} == expected
     lengths = batch["text_mask"].sum(1)
     assert lengths.tolist() == [len(s["input_ids"]) for s in samples]
@@ -164,3 +167,20 @@ def test_lines_of_a_misspelt_split_are_counted_and_named(tmp_path, vocab_file, c
         dataset = PretrainingDataset(store, manifest, vocab_file)
     assert len(dataset) == 2 and dataset.other_splits == {"trian": 1}
     assert "manifest lines not used: splits 'trian' (1 lines) are not one of train, val, test, restval" in caplog.text
+
+
+def test_positions_name_the_targets_of_the_batch_and_mrm_only_on_matched_pairs(synth_corpus, vocab_file):
+    """The heads gather MSM and MRM rows by these flat indices instead of a boolean mask on the device."""
+    dataset = PretrainingDataset(synth_corpus / "features", synth_corpus / "captions.jsonl", vocab_file)
+    batch, _, _ = dataset.__getitems__(range(16))
+    msm = batch["msm_labels"].flatten()
+    assert batch["msm_positions"].tolist() == torch.nonzero(msm != -100).squeeze(1).tolist()
+    matched = (batch["itm_labels"] == 1)[:, None].expand_as(batch["mrm_labels"]).flatten()
+    mrm = batch["mrm_labels"].flatten()
+    assert batch["mrm_positions"].tolist() == torch.nonzero((mrm != -100) & matched).squeeze(1).tolist()
+    assert (~matched).any() and ((mrm != -100) & ~matched).any()  # mismatched pairs were masked, then left out
+    everything = PretrainingDataset(synth_corpus / "features", synth_corpus / "captions.jsonl", vocab_file,
+                                    tasks=PretrainingTasks(mrm_matched_only=False)).__getitems__(range(16))[0]
+    assert everything["mrm_positions"].tolist() == torch.nonzero(everything["mrm_labels"].flatten() != -100
+                                                                 ).squeeze(1).tolist()
+

@@ -105,3 +105,28 @@ def test_an_empty_masked_set_gives_zero_loss_and_still_backpropagates(model, bat
     assert torch.isnan(out.accuracies["msm"])
     out.loss.backward()
     assert model.msm_head.transform.dense.weight.grad is not None
+
+
+@pytest.mark.parametrize("loss_kind", ["ce", "kl"])
+def test_positions_from_the_data_path_give_the_same_losses_and_gradients(small_config, batch, loss_kind):
+    """The heads gather rows by index; positions passed in equal the ones derived from the labels."""
+    from interbert.batch_contract import loss_positions
+
+    config = InterBertConfig.from_dict({**small_config.to_dict(), "mrm_loss": loss_kind})
+    torch.manual_seed(0)
+    model = InterBertForPretraining(config).eval()
+    batch = dict(batch, itm_labels=torch.tensor([1, 0]))
+    batch["mrm_labels"][0, 1] = 2  # a target on the matched pair, besides the one on the mismatched pair
+    given = dict(batch, msm_positions=loss_positions(batch["msm_labels"]),
+                 mrm_positions=loss_positions(batch["mrm_labels"], batch["itm_labels"] == 1))
+    outputs, grads = [], []
+    for inputs in (batch, given):
+        model.zero_grad()
+        output = model(**inputs)
+        output.loss.backward()
+        outputs.append(output)
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert outputs[0].counts == outputs[1].counts == {"msm": 1, "mrm": 1, "itm": 2}
+    for name in ("msm", "mrm", "itm"):
+        assert torch.equal(outputs[0].losses[name], outputs[1].losses[name])
+    assert torch.equal(grads[0], grads[1])
