@@ -1,5 +1,6 @@
 """LayerNorm through one factory: NVIDIA Apex's fused kernel on CUDA when Apex is really
-installed, PyTorch's LayerNorm otherwise.
+installed with its CUDA extension and agrees with torch on the device (modeling/fused.py), in the
+dtypes it was checked in; PyTorch's LayerNorm otherwise.
 
 The choice is made per call from the input's device, so a model built on the CPU and moved
 to a GPU picks up the fused kernel without rebuilding, and checkpoints are identical either
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from interbert.modeling.fused import probe_nvidia_apex
+from interbert.modeling.fused import apex_layer_norm, probe_nvidia_apex
 
 
 class LayerNorm(nn.LayerNorm):
@@ -19,8 +20,8 @@ class LayerNorm(nn.LayerNorm):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if hidden.is_cuda:
-            apex = probe_nvidia_apex()
-            if apex.available:
+            apex = apex_layer_norm("cuda")
+            if hidden.dtype in apex.dtypes:
                 fused = apex.normalization.fused_layer_norm
                 return fused.fused_layer_norm_affine(
                     hidden, self.weight, self.bias, self.normalized_shape, self.eps
@@ -34,10 +35,12 @@ def layer_norm(size: int, eps: float) -> LayerNorm:
 
 
 def layer_norm_implementation(device: torch.device | str) -> str:
-    """Which kernel `LayerNorm` runs on `device`, in words (printed and logged at start)."""
+    """Which kernel `LayerNorm` runs on `device`, and why, in one line (printed and logged at start);
+    on CUDA this runs Apex's check on the device."""
     device = torch.device(device)
-    apex = probe_nvidia_apex()
-    if device.type == "cuda" and apex.available:
-        return "NVIDIA Apex FusedLayerNorm (apex.normalization.fused_layer_norm_affine)"
-    where = "on CUDA" if device.type == "cuda" else f"on {device.type}"
-    return f"torch.nn.functional.layer_norm {where} ({apex.reason})"
+    if device.type != "cuda":
+        return f"torch.nn.functional.layer_norm on {device.type} ({probe_nvidia_apex().reason})"
+    apex = apex_layer_norm("cuda")
+    if apex.dtypes:
+        return f"NVIDIA Apex FusedLayerNorm (apex.normalization.fused_layer_norm_affine; {apex.reason})"
+    return f"torch.nn.functional.layer_norm on CUDA ({apex.reason})"

@@ -6,7 +6,8 @@ build with a `lock` file in its extensions cache and waits, silently and forever
 exists. A start interrupted mid-build leaves the file behind, and every later start hangs.
 
 - `./run.sh setup` runs `python -m interbert.training.extensions`, which builds the ops a CPU run
-  needs, so no run compiles;
+  needs, so no run compiles; on a CUDA node it builds DeepSpeed's FusedAdam where nvcc of torch's
+  CUDA version is there, and otherwise says why not (runs then use torch's fused AdamW);
 - `check_build_locks` (at every start, before the process group) looks at each lock: one that a
   live process on this machine works in is waited for; one that nothing holds is waited on for a
   bounded time (a build on another machine sharing the cache may still finish it) and then stops
@@ -117,6 +118,53 @@ def build_cpu_ops(say=print) -> list[str]:
     return built
 
 
+def op_build_directory(name: str) -> Path:
+    """Where torch JIT-builds the op `name` (TORCH_EXTENSIONS_DIR/name, else its per-Python/CUDA folder)."""
+    configured = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if configured:
+        return Path(configured) / name
+    import torch
+    from torch.utils.cpp_extension import get_default_build_root
+
+    accelerator = (f"rocm{torch.version.hip.replace('.', '')}" if torch.version.hip else
+                   f"cu{torch.version.cuda.replace('.', '')}" if torch.version.cuda else "cpu")
+    python = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
+    return Path(get_default_build_root()) / f"{python}_{accelerator}" / name
+
+
+def cached_op(name: str) -> str | None:
+    """The library of an earlier JIT build of `name` in torch's extensions cache, if there is one."""
+    library = op_build_directory(name) / f"{name}.so"
+    return str(library) if library.is_file() else None
+
+
+def build_cuda_ops(say=print, toolchain=None, build=None) -> list[str]:
+    """Build DeepSpeed's FusedAdam where it can be built here; say what was built, or why not."""
+    from interbert.training.optimizer import load_fused_adam, probe_cuda_toolchain, why_fused_adam_cannot_build
+
+    toolchain = probe_cuda_toolchain() if toolchain is None else toolchain
+    if toolchain.torch_cuda is None:
+        say("FusedAdam: not built (this torch has no CUDA build)")
+        return []
+    if toolchain.prebuilt:
+        say("FusedAdam: prebuilt into DeepSpeed (deepspeed.ops.adam.fused_adam_op), nothing to build")
+        return []
+    problem = why_fused_adam_cannot_build(toolchain)
+    if problem:
+        say(f"FusedAdam: not built ({problem}); CUDA runs use torch.optim.AdamW(fused=True) instead")
+        return []
+    started = time.perf_counter()
+    try:
+        (build or load_fused_adam)()
+    except Exception as error:  # the compiler's own output is above
+        first = (str(error).strip().splitlines() or [""])[0]
+        say(f"FusedAdam: the build with {toolchain.nvcc} failed ({type(error).__name__}: {first}); CUDA runs "
+            "use torch.optim.AdamW(fused=True) instead")
+        return []
+    say(f"FusedAdam: ready ({time.perf_counter() - started:.1f} s, nvcc {toolchain.nvcc_release} at {toolchain.nvcc})")
+    return ["FusedAdam"]
+
+
 def main() -> int:
     from deepspeed.accelerator import get_accelerator
 
@@ -124,10 +172,13 @@ def main() -> int:
         print(f"[build-ops] {message}", flush=True)
 
     check_build_locks(say)
-    if get_accelerator().device_name() != "cpu":
-        say(f"accelerator {get_accelerator().device_name()}: its ops build on first use (nothing built here)")
-        return 0
-    build_cpu_ops(say)
+    accelerator = get_accelerator().device_name()
+    if accelerator == "cuda":
+        build_cuda_ops(say)
+    elif accelerator == "cpu":
+        build_cpu_ops(say)
+    else:
+        say(f"accelerator {accelerator}: its ops build on first use (nothing built here)")
     return 0
 
 
