@@ -22,6 +22,12 @@ all C×I pairs of `--images` images. The released-style loop runs at its own ope
 synthetic distribution and is timed on `--released-captions` captions against all of them
 (pairs/s does not depend on how many captions are timed). Scores of the captions both score
 are compared.
+
+`--device` (default: cuda when PyTorch sees one, else cpu) holds the model and every tensor;
+`--autocast` picks the precision both loops run in: fp32 (no autocast), fp16 or bf16 through
+torch.autocast; "auto" is bf16 on a GPU that has it, fp16 on an older GPU, fp32 on a CPU. Under
+autocast the default `--precisions` is "exact" alone (the weights stay fp32, autocast casts).
+The output and the JSON state the device and the precision.
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ import json
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,24 +72,27 @@ def released_forward(model, batch: dict, heads: str) -> torch.Tensor:
 
 
 def released_style_scores(model, corpus, caption_indices, images_per_batch: int, max_text_len: int,
-                          heads: str = "all") -> torch.Tensor:
+                          heads: str = "all", device: torch.device | None = None) -> torch.Tensor:
     """Scores of `caption_indices` × all images the released way: fixed padding, the caption
-    repeated against batches of `images_per_batch` preloaded images, the ordinary forward."""
+    repeated against batches of `images_per_batch` preloaded images, the ordinary forward; the
+    inputs on `device` (default: cpu), the scores returned on the CPU."""
+    device = device or torch.device("cpu")
     num_images = len(corpus.image_ids)
     images = corpus.image_batch(list(range(num_images)))  # preloaded, as features_all
     regions = corpus.max_regions + 1
-    fixed = {key: torch.nn.functional.pad(value, (0, 0) * (value.dim() - 2) + (0, regions - value.shape[1]))
+    fixed = {key: torch.nn.functional.pad(value, (0, 0) * (value.dim() - 2) + (0, regions - value.shape[1])).to(device)
              for key, value in images.items()}
     scores = torch.empty(len(caption_indices), num_images)
     with torch.no_grad():
         for row, caption in enumerate(caption_indices):
             text = corpus.text_batch([caption])
-            text = {key: torch.nn.functional.pad(value, (0, max_text_len - value.shape[1])) for key, value in text.items()}
+            text = {key: torch.nn.functional.pad(value, (0, max_text_len - value.shape[1])).to(device)
+                    for key, value in text.items()}
             for start in range(0, num_images, images_per_batch):
                 count = min(images_per_batch, num_images - start)
                 batch = {key: value.expand(count, -1) for key, value in text.items()}
                 batch.update({key: value[start:start + count] for key, value in fixed.items()})
-                scores[row, start:start + count] = released_forward(model, batch, heads)
+                scores[row, start:start + count] = released_forward(model, batch, heads).float().cpu()
     return scores
 
 
@@ -93,6 +103,52 @@ def rank_changes(scores: torch.Tensor, reference: torch.Tensor, caption_image: t
                                  != text_to_image_ranks(reference, caption_image)).sum()),
             "i2t_images": int((image_to_text_ranks(scores, caption_image)
                                != image_to_text_ranks(reference, caption_image)).sum())}
+
+
+AUTOCAST = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def has_bf16(device: torch.device) -> bool:
+    """Whether bf16 runs natively here: a CPU (autocast supports it), a GPU of compute capability >= 8.0."""
+    return device.type == "cpu" or torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def resolve_autocast(requested: str, device: torch.device) -> str:
+    """fp32, fp16 or bf16: "auto" is fp32 on a CPU, bf16 on a GPU that has it, else fp16."""
+    if requested != "auto":
+        return requested
+    if device.type == "cpu":
+        return "fp32"
+    return "bf16" if has_bf16(device) else "fp16"
+
+
+def precision_context(autocast: str, device: torch.device):
+    """torch.autocast in `autocast` on `device`, or nothing for fp32."""
+    dtype = AUTOCAST[autocast]
+    return nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+
+
+def check_device(parser, args) -> torch.device:
+    """The device of --device, refused in one line when this machine lacks it or its --autocast."""
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device {args.device}: expected cpu or cuda")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device {args.device}: expected cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: PyTorch sees no CUDA device here; use --device cpu")
+    if args.autocast == "bf16" and not has_bf16(device):
+        parser.error(f"--autocast bf16: {device_name(device)} has no bf16 (compute capability < 8.0); use fp16")
+    return device
 
 
 def main(argv=None) -> int:
@@ -106,8 +162,13 @@ def main(argv=None) -> int:
     parser.add_argument("--released-batch", type=int, default=500, help="images per forward, released loop")
     parser.add_argument("--released-captions", type=int, default=4, help="captions timed in the released loop")
     parser.add_argument("--pair-batch", type=int, default=0, help="ours: pairs per forward (0: from memory)")
-    parser.add_argument("--precisions", nargs="+", choices=list(PRECISIONS), default=list(PRECISIONS),
-                        help="ours: one row per precision; the first is the reference of the rank counts")
+    parser.add_argument("--precisions", nargs="+", choices=list(PRECISIONS),
+                        help="ours: one row per weight precision, the first the reference of the rank counts "
+                             "(default: exact and bf16 in fp32, exact alone under autocast)")
+    parser.add_argument("--device", default=default_device(), help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--autocast", choices=("auto", *AUTOCAST), default="auto",
+                        help="precision of both loops: auto (bf16 on a GPU that has it, fp16 on an older GPU, "
+                             "fp32 on a CPU), fp32, fp16, bf16")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--corpus", help="an existing corpus directory (features/, captions.jsonl)")
     parser.add_argument("--split", default="test")
@@ -116,6 +177,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = check_device(parser, args)
+    autocast = resolve_autocast(args.autocast, device)
+    run_precision = "fp32" if autocast == "fp32" else f"autocast {autocast}"
+    args.precisions = args.precisions or (list(PRECISIONS) if autocast == "fp32" else ["exact"])
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(args.corpus) if args.corpus else Path(scratch) / "corpus"
         largest = max(args.images, args.released_images)
@@ -135,24 +200,28 @@ def main(argv=None) -> int:
             model = InterBertForPretraining.from_pretrained(args.model).eval()
         else:
             model = InterBertForPretraining(InterBertConfig.from_preset(args.preset)).eval()
+        model.to(device)
         captions, images = len(corpus), len(corpus.image_ids)
         print(f"{args.model or args.preset + ' preset'}, {images} images x {captions} captions = "
-              f"{images * captions} pairs, "
-              f"{torch.get_num_threads()} threads")
-
-        runs = {}
-        for precision in args.precisions:
-            runs[precision] = evaluate_full_retrieval(model, corpus, pair_batch=args.pair_batch or None,
-                                                      precision=precision)
-            print(format_result(runs[precision]))
-        ours = runs[args.precisions[0]]
-
+              f"{images * captions} pairs, {torch.get_num_threads()} threads")
+        print(f"device: {device} ({device_name(device)}); precision: {run_precision}")
         timed = list(range(min(args.released_captions, captions)))
-        loops = {}
-        for heads in RELEASED_HEADS:
-            start = time.perf_counter()
-            scores = released_style_scores(model, released_corpus, timed, args.released_batch, args.max_text_len, heads)
-            loops[heads] = (scores, time.perf_counter() - start)
+        with precision_context(autocast, device):
+            if device.type == "cuda":  # warm-up: CUDA context, kernels, allocator, before anything is timed
+                released_style_scores(model, released_corpus, timed[:1], args.released_batch, args.max_text_len,
+                                      "itm", device)
+            runs = {}
+            for weights in args.precisions:
+                runs[weights] = evaluate_full_retrieval(model, corpus, device=device, pair_batch=args.pair_batch or None,
+                                                        precision=weights)
+                print(format_result(runs[weights]))
+            loops = {}
+            for heads in RELEASED_HEADS:
+                start = time.perf_counter()
+                scores = released_style_scores(model, released_corpus, timed, args.released_batch, args.max_text_len,
+                                               heads, device)
+                loops[heads] = (scores, time.perf_counter() - start)
+        ours = runs[args.precisions[0]]
     released, released_seconds = loops["all"]
     released_pairs_per_second = released.numel() / released_seconds
     itm_only_pairs_per_second = loops["itm"][0].numel() / loops["itm"][1]
@@ -167,8 +236,8 @@ def main(argv=None) -> int:
     rows = [(f"released-style loop, {per_forward} images/forward", released.numel(), released_seconds,
              released_pairs_per_second),
             ("  the same loop, ITM head only", loops["itm"][0].numel(), loops["itm"][1], itm_only_pairs_per_second),
-            *((f"ours: full evaluation, {precision}", run.full.pairs, run.full.seconds, run.full.pairs_per_second)
-              for precision, run in runs.items())]
+            *((f"ours: full evaluation, {weights}{'' if autocast == 'fp32' else ', ' + run_precision}", run.full.pairs,
+               run.full.seconds, run.full.pairs_per_second) for weights, run in runs.items())]
     print(f"\n{'method':48}{'pairs':>9}{'seconds':>10}{'pairs/s':>10}{'speed-up':>10}")
     for name, pairs, seconds, rate in rows:
         print(f"{name:48}{pairs:>9}{seconds:>10.2f}{rate:>10.1f}{rate / released_pairs_per_second:>9.1f}x")
@@ -188,6 +257,7 @@ def main(argv=None) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({
             "model": args.model or f"{args.preset} preset", "images": images, "captions": captions, "threads": torch.get_num_threads(),
+            "device": str(device), "device_name": device_name(device), "precision": run_precision, "autocast": autocast,
             "released": {"pairs": released.numel(), "seconds": released_seconds, "images": len(released_corpus.image_ids),
                          "pairs_per_second": released_pairs_per_second, "images_per_batch": args.released_batch,
                          "heads": "all (vocabulary logits at every text position, class logits at every region, ITM)"},

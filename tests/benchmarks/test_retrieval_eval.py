@@ -63,3 +63,43 @@ def test_the_released_forward_with_all_heads_scores_as_the_itm_head_alone():
         itm_only = released_forward(model, batch, "itm")
         assert calls == {"msm": 1, "mrm": 1}
     assert torch.allclose(everything, itm_only, atol=1e-6)
+
+
+TOY = ["--images", "3", "--released-images", "4", "--released-batch", "2", "--released-captions", "1",
+       "--max-regions", "6", "--threads", "1"]
+
+
+def test_device_cpu_runs_in_fp32_and_says_so(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main([*TOY, "--device", "cpu", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert (report["device"], report["precision"], report["autocast"]) == ("cpu", "fp32", "fp32")
+    assert report["device_name"].startswith("cpu")
+    printed = capsys.readouterr().out
+    assert "device: cpu" in printed and "precision: fp32" in printed and "pairs/s" in printed
+
+
+def test_under_autocast_both_loops_run_in_it_and_the_rows_say_so(tmp_path, capsys):
+    # the GPU's code path (torch.autocast around both loops), exercised on the CPU's bf16 autocast
+    out = tmp_path / "r.json"
+    assert main([*TOY, "--device", "cpu", "--autocast", "bf16", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["precision"] == "autocast bf16" and set(report["ours"]) == {"exact"}
+    assert report["ours"]["exact"]["pairs"] == 3 * 15 and report["ours"]["exact"]["pairs_per_second"] > 0
+    assert report["max_score_difference"] < 0.05  # bf16 against bf16, not exact
+    assert "ours: full evaluation, exact, autocast bf16" in capsys.readouterr().out
+
+
+def test_auto_is_fp32_on_a_cpu_and_a_missing_gpu_is_refused_in_one_line(capsys):
+    import pytest
+    import torch
+    from retrieval_eval import resolve_autocast
+
+    assert resolve_autocast("auto", torch.device("cpu")) == "fp32"
+    assert resolve_autocast("fp16", torch.device("cpu")) == "fp16"
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(SystemExit) as exit_:
+        main([*TOY, "--device", "cuda"])
+    assert exit_.value.code == 2
+    assert "--device cuda: PyTorch sees no CUDA device here; use --device cpu" in capsys.readouterr().err
