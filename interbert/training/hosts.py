@@ -29,6 +29,7 @@ LOCAL_NAMES = ("localhost", "localhost.localdomain", "")
 class LaunchHosts:
     hosts: tuple[str, ...]  # in hostfile order
     node_rank: int
+    local: bool = True  # started by the `deepspeed` command on this machine, not over ssh (pdsh)
 
     @property
     def this_host(self) -> str:
@@ -47,14 +48,26 @@ def parse_launch_arguments(arguments: list[str]) -> LaunchHosts | None:
         return None
 
 
+def _cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+
+
 @lru_cache(maxsize=1)
 def launch_hosts() -> LaunchHosts | None:
-    """What this rank's parent (DeepSpeed's per-node launcher) says; None under another launcher."""
+    """What this rank's parent (DeepSpeed's per-node launcher) says; None under another launcher.
+    `local`: the launcher's parent is the `deepspeed` command itself (over pdsh it is the remote
+    shell that ssh started)."""
     try:
-        arguments = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
+        launcher = os.getppid()
+        found = parse_launch_arguments(_cmdline(launcher))
+        if found is None:
+            return None
+        parent = int(Path(f"/proc/{launcher}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        runner = any(word.rsplit("/", 1)[-1] == "deepspeed" or "deepspeed.launcher.runner" in word
+                     for word in _cmdline(parent)[:3])
+    except (OSError, ValueError, IndexError):
         return None
-    return parse_launch_arguments(arguments)
+    return LaunchHosts(found.hosts, found.node_rank, local=runner)
 
 
 def host_label() -> str:
@@ -89,7 +102,8 @@ def check_launch_host() -> None:
     """A user error when DeepSpeed's launcher started this rank on another machine than the
     hostfile's host (a one-host hostfile launched from elsewhere)."""
     launched = launch_hosts()
-    if launched is None or is_this_machine(launched.this_host):
+    # Over ssh the rank runs where ssh took it (a name may be an ssh alias no resolver knows).
+    if launched is None or not launched.local or is_this_machine(launched.this_host):
         return
     raise UsageError(
         f"the hostfile names {launched.this_host}, but DeepSpeed's launcher started this rank on "
