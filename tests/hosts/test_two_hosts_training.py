@@ -23,7 +23,7 @@ from two_host_jobs import (
 from interbert.modeling import InterBertForPretraining
 
 pytestmark = pytest.mark.slow
-REFERENCE_STEPS = 40
+REFERENCE_STEPS = 30
 
 
 def losses(output, steps=None) -> dict[int, float]:
