@@ -15,6 +15,7 @@ from test_data_converters import tsv_row
 # image: the stop lands mid-conversion with records already written to the temporary store.
 SCRIPT = textwrap.dedent("""
     import os, signal, sys
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a runner started in the background ignores it
     from interbert.cli import main
     from interbert.data.store_writer import FeatureStoreWriter
 

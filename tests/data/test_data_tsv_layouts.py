@@ -121,7 +121,9 @@ def test_an_interrupted_conversion_leaves_no_store_under_the_final_name(tmp_path
     write_bottom_up_tsv(tmp_path / "big.tsv", records)
     process = subprocess.Popen([sys.executable, "-m", "interbert.cli", "data", "convert-tsv", "--workers", "2",
                                 "--out", str(tmp_path / "store"), str(tmp_path / "big.tsv")],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               # SIGINT as a terminal gives it, also under a runner started in the background
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while not list(tmp_path.glob("store.tmp-*")) and time.time() < deadline:
         time.sleep(0.05)
