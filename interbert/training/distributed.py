@@ -171,7 +171,10 @@ def init_process_group(placement: JobPlacement, device: torch.device,
     try:
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, **extra)
     except RuntimeError as error:  # torch's DistNetworkError / DistStoreError
-        raise rendezvous_error(error, placement) from None
+        named = rendezvous_error(error, placement)
+        if named is None:
+            raise
+        raise named from None
     if device.type == "cpu":
         atexit.register(remove_cpu_allreduce_buffer, placement.rank)
     return DistributedEnvironment(placement.rank, placement.world_size, placement.local_rank,
@@ -182,8 +185,8 @@ class RendezvousError(UserError):
     """The ranks could not meet at MASTER_ADDR:MASTER_PORT."""
 
 
-def rendezvous_error(error: RuntimeError, placement: JobPlacement) -> Exception:
-    """One line for a rendezvous that failed (a port in use, rank 0 unreachable); other errors as they are."""
+def rendezvous_error(error: RuntimeError, placement: JobPlacement) -> RendezvousError | None:
+    """One line for a rendezvous that failed (a port in use, rank 0 unreachable); None for other errors."""
     address = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
     text = str(error)
     if "address already in use" in text.lower() or "EADDRINUSE" in text:
@@ -193,7 +196,7 @@ def rendezvous_error(error: RuntimeError, placement: JobPlacement) -> Exception:
             f"rank {placement.rank} could not meet rank 0 at {address}: rank 0's host stopped before it (see its "
             "output), or that address is not reachable from here (--master_addr must be an address every host "
             "routes to)")
-    return error
+    return None
 
 
 def cpu_allreduce_buffer(rank: int) -> str:
