@@ -10,7 +10,8 @@ list ``[features, cls_prob, boxes, num_boxes, image_h, image_w, image_id, captio
 (jiasenlu/vilbert_beta ``script/conceptual_caption_preprocess_sequential_train.py``, read by the
 InterBERT release's ``bertmodel/datasets/concept_cap_dataset.py``): float32 arrays N×F, N×C (with
 the background column) and N×4 in pixels; ``num_boxes``, ``image_h``, ``image_w``, ``image_id`` as
-the csv text of the TSV they came from; the caption as text.
+the csv text of the TSV they came from; the caption as text (pandas' ``read_csv`` of the Conceptual
+Captions TSV, so an empty caption is the float NaN: such a datapoint gets no caption).
 
 Labels: the argmax of ``cls_prob`` over the classes without the background, +1; confidences its
 probability. Captions are returned with the images (written to a manifest by the command).
@@ -53,7 +54,7 @@ def tensorpack_image(datapoint, key: bytes, where: str) -> ConvertedImage:
     record = detections_to_record(str(image_id), as_number(image_w, "image_w", where),
                                   as_number(image_h, "image_h", where), _array(boxes, "boxes", rows, 4, where),
                                   features, cls_prob=_array(cls_prob, "cls_prob", rows, None, where))
-    text = " ".join(str(caption).split()) if caption is not None else ""
+    text = " ".join(caption.split()) if isinstance(caption, str) else ""
     return ConvertedImage(where, record, captions=(text,) if text else ())
 
 

@@ -8,23 +8,32 @@ num_boxes, boxes, features``) are told apart from bottom-up-attention's 10. A ro
 no known layout stops the conversion with the layouts listed. Array dtypes: float32; ids int64
 when 8 bytes per box, else int32.
 
-Work is split into byte ranges of whole lines that each worker reads itself; a record's place is
-reported as ``file:line`` (the line is counted only when a message needs it).
+A plain file is split into byte ranges of whole lines that each worker reads itself; a record's
+place is reported as ``file:line`` (the line is counted only when a message needs it). Any other
+input (a pipe, FIFO or ``-``, a gzip / bzip2 file, the ``.tsv`` members of a zip archive:
+``input_streams``) is read once, in order, by the main process, which hands blocks of whole lines
+to the workers; their lines are counted as they are read.
 """
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
-from typing import Iterable, Optional
 
 import numpy as np
 
-from interbert.data.conversion import (ConversionOptions, ConversionResult, ConvertedImage, each_record,
-                                      ensure_new_output, run_conversion)
+from interbert.data.conversion import (
+    ConversionOptions,
+    ConversionResult,
+    ConvertedImage,
+    each_record,
+    ensure_new_output,
+    run_conversion,
+)
 from interbert.data.detections import ConversionError, array_from_bytes, decode_base64, detections_to_record
+from interbert.data.input_streams import check_input, input_name, input_parts, is_plain_file, line_blocks
 
 BASE = ["image_id", "image_w", "image_h", "num_boxes", "boxes", "features"]
 DETECTIONS = ["objects_id", "objects_conf", "attrs_id", "attrs_conf"]
@@ -40,6 +49,7 @@ ALIASES = {"img_id": "image_id", "img_w": "image_w", "img_h": "image_h"}
 NUMBER_COLUMNS = ("image_w", "image_h", "num_boxes")
 ARRAY_COLUMNS = ("boxes", "features", "cls_prob", *DETECTIONS)
 CHUNK_BYTES = 4 << 20  # one unit of work: ~10 rows of 36 regions
+TSV_MEMBERS = ("*.tsv", "*.tsv.[0-9]*")  # the zip members read: bottom-up-attention's GPUs write NAME.tsv.0, ...
 _NUMBER = re.compile(rb"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
@@ -62,6 +72,48 @@ class SourceLine:
         return f"{self.path}:{line}"
 
 
+@dataclass(frozen=True)
+class NumberedLine:
+    """A row of an input read in order (a pipe, a compressed file), its line counted as it was read."""
+
+    name: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.line}"
+
+
+@dataclass(frozen=True)
+class FileRange:
+    """A unit of work on a plain file: the whole lines from byte ``begin`` to ``end``, read by the worker."""
+
+    path: str
+    begin: int
+    end: int
+
+    def lines(self) -> Iterable[tuple]:
+        with open(self.path, "rb") as handle:
+            handle.seek(self.begin)
+            block = handle.read(self.end - self.begin)
+        offset = self.begin
+        for line in block.split(b"\n"):
+            yield SourceLine(self.path, offset), line
+            offset += len(line) + 1
+
+
+@dataclass(frozen=True)
+class LineBlock:
+    """A unit of work on an input read in order: whole lines, the first of them line ``first_line``."""
+
+    name: str
+    first_line: int
+    data: bytes
+
+    def lines(self) -> Iterable[tuple]:
+        for number, line in enumerate(self.data.split(b"\n"), self.first_line):
+            yield NumberedLine(self.name, number), line
+
+
 def layout_from_row(row: list, where: str) -> list:
     """The layout whose number columns are exactly the fields of ``row`` that parse as numbers."""
     numeric = {i for i, value in enumerate(row) if _NUMBER.fullmatch(value.strip())}
@@ -77,30 +129,29 @@ def layout_from_row(row: list, where: str) -> list:
     return TSV_LAYOUTS[matches[0]]
 
 
-def tsv_columns(path: str, columns: Optional[str]) -> tuple:
-    """``(column names, byte offset of the first data row)`` of the TSV file at ``path``."""
-    with open(path, "rb") as handle:
-        first = handle.readline()
+def tsv_columns(first: bytes, name: str, columns: str | None) -> tuple:
+    """``(column names, whether ``first`` is a header row)`` of the TSV input ``name`` whose first
+    line is ``first``."""
     row = first.rstrip(b"\r\n").split(b"\t")
+    header = False
     if columns:
         names = TSV_LAYOUTS.get(columns) or [c.strip() for c in columns.split(",")]
-        start = 0
     elif row and row[0] in (b"image_id", b"img_id"):
-        names, start = [c.decode("utf-8", "replace") for c in row], len(first)
+        names, header = [c.decode("utf-8", "replace") for c in row], True
     elif not first.strip():
-        raise ConversionError(f"{path}:1: the file is empty or starts with an empty line; give a TSV of "
+        raise ConversionError(f"{name}:1: the input is empty or starts with an empty line; give a TSV of "
                               "detector output")
     else:
-        names, start = layout_from_row(row, f"{path}:1"), 0
+        names = layout_from_row(row, f"{name}:1")
     names = [ALIASES.get(n, n) for n in names]
     missing = [c for c in BASE if c not in names]
     if missing:
-        raise ConversionError(f"{path}: columns {missing} are missing from {names}; name them with --columns")
-    return names, start
+        raise ConversionError(f"{name}: columns {missing} are missing from {names}; name them with --columns")
+    return names, header
 
 
-def byte_ranges(path: str, start: int, chunk: int = CHUNK_BYTES) -> Iterable[tuple]:
-    """``(path, begin, end)`` ranges of whole lines covering ``path`` from ``start``."""
+def byte_ranges(path: str, start: int, chunk: int = CHUNK_BYTES) -> Iterable[FileRange]:
+    """Ranges of whole lines covering the plain file ``path`` from byte ``start``."""
     size = os.path.getsize(path)
     with open(path, "rb") as handle:
         begin = start
@@ -108,8 +159,27 @@ def byte_ranges(path: str, start: int, chunk: int = CHUNK_BYTES) -> Iterable[tup
             handle.seek(min(begin + chunk, size))
             handle.readline()
             end = min(handle.tell(), size)
-            yield path, begin, end
+            yield FileRange(path, begin, end)
             begin = end
+
+
+def plain_file_units(path: str, columns: str | None) -> tuple:
+    """``(column names, FileRange units)`` of a plain file (its layout read before any work starts)."""
+    with open(path, "rb") as handle:
+        first = handle.readline()
+    names, header = tsv_columns(first, path, columns)
+    return names, byte_ranges(path, len(first) if header else 0)
+
+
+def stream_units(path: str, columns: str | None) -> Iterable[tuple]:
+    """``(column names, LineBlock)`` units of an input read in order, each part's layout from its
+    own first line."""
+    for part in input_parts(path, TSV_MEMBERS):
+        first = part.stream.readline()
+        names, header = tsv_columns(first, part.name, columns)
+        head, first_line = (b"", 2) if header else (first, 1)
+        for number, block in line_blocks(part.stream, CHUNK_BYTES, first_line, head):
+            yield names, LineBlock(part.name, number, block)
 
 
 def _number(value: bytes, column: str, where) -> float:
@@ -132,13 +202,13 @@ def parse_row(fields: dict, where, feature_size: int, objects_id_base: int) -> C
     for column in ARRAY_COLUMNS:
         text = fields.get(column)
         if column in ("boxes", "features") or text:
-            raw = decode_base64(text, lambda: f"{where} (image {image_id!r}) column {column}")
+            raw = decode_base64(text, lambda column=column: f"{where} (image {image_id!r}) column {column}")
             dtype = np.float32
             if column in ("objects_id", "attrs_id"):  # one id per box: 8 bytes each is int64, else int32
                 dtype = np.int64 if len(raw) == 8 * num_boxes else np.int32
             columns = {"boxes": 4, "objects_id": 1, "objects_conf": 1}.get(column)
-            arrays[column] = array_from_bytes(raw, dtype, num_boxes, lambda: f"{where} (image {image_id!r}) "
-                                              f"column {column}, num_boxes {num_boxes}", columns)
+            arrays[column] = array_from_bytes(raw, dtype, num_boxes, lambda column=column: f"{where} (image "
+                                              f"{image_id!r}) column {column}, num_boxes {num_boxes}", columns)
     features = arrays["features"]
     if num_boxes and features.shape[1] != feature_size:
         raise ConversionError(f"{where} (image {image_id!r}): {features.shape[1]} values per region, the store "
@@ -157,49 +227,44 @@ def parse_line(names: list, feature_size: int, objects_id_base: int, place: tupl
     return parse_row(dict(zip(names, row)), where, feature_size, objects_id_base)
 
 
-def parse_range(names: list, feature_size: int, objects_id_base: int, unit: tuple) -> list:
-    """Every row in one byte range of a TSV file (runs in a worker); a row that cannot be read is
-    its ConversionError in the list."""
-    path, begin, end = unit
-    with open(path, "rb") as handle:
-        handle.seek(begin)
-        block = handle.read(end - begin)
-    lines, offset = [], begin
-    for line in block.split(b"\n"):
-        where = SourceLine(path, offset)
-        offset += len(line) + 1
-        line = line.rstrip(b"\r")
-        if line:
-            lines.append((where, line))
+def parse_block(names: list, feature_size: int, objects_id_base: int, block) -> list:
+    """Every row of one unit (a FileRange or LineBlock; runs in a worker); a row that cannot be
+    read is its ConversionError in the list."""
+    lines = [(where, line.rstrip(b"\r")) for where, line in block.lines() if line.rstrip(b"\r")]
     return each_record(partial(parse_line, names, feature_size, objects_id_base), lines)
 
 
-def convert_tsv(paths: Iterable, options: ConversionOptions, columns: Optional[str] = None) -> ConversionResult:
-    """Bottom-up-attention / LXMERT TSV files → the store ``options.out``."""
+def convert_tsv(paths: Iterable, options: ConversionOptions, columns: str | None = None) -> ConversionResult:
+    """Bottom-up-attention / LXMERT TSV inputs (files, pipes, ``-``, gzip / bzip2 / zip) → the
+    store ``options.out``."""
     ensure_new_output(options)
     paths = [str(p) for p in paths]
+    if paths.count("-") > 1:
+        raise ConversionError("- (stdin) is given more than once; it can be read only once")
     for path in paths:
-        if not Path(path).is_file():
-            raise ConversionError(f"{path}: no such file")
-    layouts = [(path, *tsv_columns(path, columns)) for path in paths]
+        check_input(path)
+    plain = {path: plain_file_units(path, columns) for path in paths if is_plain_file(path)}
 
     def units():
-        for path, names, start in layouts:
-            for unit in byte_ranges(path, start):
-                yield names, unit
+        for path in paths:
+            if path in plain:
+                names, ranges = plain[path]
+                yield from ((names, unit) for unit in ranges)
+            else:
+                yield from stream_units(path, columns)
 
     return run_conversion(units(), _ParseTsv(options.feature_size, options.objects_id_base), options,
-                          "interbert data convert-tsv " + " ".join(paths),
+                          "interbert data convert-tsv " + " ".join(map(input_name, paths)),
                           total=None, desc="convert-tsv", unit_name="chunk")
 
 
 @dataclass(frozen=True)
 class _ParseTsv:
-    """The picklable parse function of convert-tsv: a unit is ``(column names, byte range)``."""
+    """The picklable parse function of convert-tsv: a unit is ``(column names, FileRange or LineBlock)``."""
 
     feature_size: int
     objects_id_base: int
 
     def __call__(self, unit) -> list:
-        names, byte_range = unit
-        return parse_range(names, self.feature_size, self.objects_id_base, byte_range)
+        names, block = unit
+        return parse_block(names, self.feature_size, self.objects_id_base, block)

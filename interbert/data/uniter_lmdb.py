@@ -4,10 +4,15 @@ Layout (ChenRocks/UNITER ``scripts/convert_imgdir.py`` writes it, ``data/data.py
 reads it): one LMDB directory per dataset split, named ``feat_th{conf_th}_max{max_bb}_min{min_bb}``
 (``feat_numbb{N}`` for a fixed count, ``all`` with ``--keep_all``; ``_compressed`` appended with
 ``--compress``), keys the names of the per-image npz files (``nlvr2_dev-850-0-img0.npz``), ``__keys__``
-a JSON list of them. A value is the image's npz arrays, float32 cast to float16 and cut to its
-number of boxes: ``features`` N×F, ``norm_bb`` N×6 (x1, y1, x2, y2, w, h divided by the image size),
-``conf`` N, ``soft_labels`` N×C (with the background column); packed with msgpack + msgpack-numpy,
-or, compressed, as ``np.savez_compressed`` bytes (both read here, neither through pickle). The number
+a JSON list of them. A value holds the arrays of the image's npz, which UNITER's extractor (the
+BUTD-UNITER-NLVR2 ``tools/generate_npz.py`` that ``scripts/extract_imgfeat.sh`` runs) saves as
+float16: ``features`` N×F, ``norm_bb`` N×6 (x1, y1, x2, y2, w, h divided by the image size),
+``conf`` N×1 (the detector's per-box confidence, reshaped to one column), ``soft_labels`` N×C (with
+the background column). ``convert_imgdir.py`` casts float32 to float16 and cuts each array to its
+number of boxes, keeping its dimensions; it packs them with msgpack + msgpack-numpy, or,
+compressed, as ``np.savez_compressed`` bytes (numpy 1.x also stored its ``allow_pickle=True``
+keyword as a 0-d bool member, which is ignored). Both are read here, neither through pickle;
+``conf`` is accepted as N or N×1 (docs/formats.md lists every field). The number
 of boxes per image is in ``nbb_th{conf_th}_max{max_bb}_min{min_bb}.json`` beside the LMDB (none is
 written for ``all`` and ``feat_numbb``); records are cut to it as UNITER's reader does.
 
@@ -24,7 +29,6 @@ import json
 import re
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -38,10 +42,12 @@ _THRESHOLD_DB = re.compile(r"feat_th(?P<th>.+)_max(?P<max>\d+)_min(?P<min>\d+)(_
 _NO_NBB_DB = re.compile(r"(all|feat_numbb\d+)(_compressed)?")
 LAYOUT = "UNITER's image LMDB (msgpack + msgpack-numpy arrays)"
 ZIP_MAGIC = b"PK\x03\x04"
-ARRAY_DIMENSIONS = {"features": 2, "norm_bb": 2, "conf": 1, "soft_labels": 2}
+# field -> (the shape UNITER's chain writes, N boxes; its column count, None for any)
+ARRAY_SHAPES = {"features": ("N×F", None), "norm_bb": ("N×6", 6), "conf": ("N or N×1", 1),
+                "soft_labels": ("N×C", None)}
 
 
-def nbb_file(lmdb_dir: str) -> Optional[Path]:
+def nbb_file(lmdb_dir: str) -> Path | None:
     """The nbb JSON that belongs to a UNITER LMDB directory (None for ``all``/``feat_numbb`` ones)."""
     path = Path(lmdb_dir)
     name = path.resolve().name
@@ -112,21 +118,27 @@ def _decode_dump(value: bytes, where: str) -> dict:
     return dump
 
 
-def uniter_image(dump: dict, key: bytes, where: str, nbb: Optional[int], sizes_path: Optional[str]) -> ConvertedImage:
+def uniter_array(name: str, array, rows: int, where: str) -> np.ndarray:
+    """A record's array ``name`` checked against ``ARRAY_SHAPES`` (``conf`` made 1-d)."""
+    shape, columns = ARRAY_SHAPES[name]
+    if isinstance(array, np.ndarray) and array.dtype.kind == "f" and array.ndim in (1, 2) and len(array) == rows:
+        if name == "conf" and (array.ndim == 1 or array.shape[1] == 1):
+            return array.reshape(-1)
+        if name != "conf" and array.ndim == 2 and (columns is None or array.shape[1] == columns):
+            return array
+    found = f"shape {array.shape}, dtype {array.dtype}" if isinstance(array, np.ndarray) else type(array).__name__
+    raise ConversionError(f"{where}: {name} is {found}; UNITER writes a float array of {shape} (N boxes: the "
+                          "rows of features; norm_bb: x1, y1, x2, y2, w, h)")
+
+
+def uniter_image(dump: dict, key: bytes, where: str, nbb: int | None, sizes_path: str | None) -> ConvertedImage:
     """One decoded UNITER record → ConvertedImage (cut to ``nbb`` boxes when given)."""
-    arrays = {name: dump[name] for name in ARRAY_DIMENSIONS if name in dump}
-    missing = [name for name in ("features", "norm_bb") if name not in arrays]
+    missing = [name for name in ("features", "norm_bb") if name not in dump]
     if missing:
         raise ConversionError(f"{where}: the record lacks {', '.join(missing)} (it has {', '.join(map(str, dump))})")
-    rows = arrays["features"].shape[0] if isinstance(arrays["features"], np.ndarray) else -1
-    for name, array in arrays.items():
-        if (not isinstance(array, np.ndarray) or array.ndim != ARRAY_DIMENSIONS[name] or array.dtype.kind != "f"
-                or array.shape[0] != rows or (name == "norm_bb" and array.shape[1] < 4)):
-            found = (f"shape {array.shape}, dtype {array.dtype}" if isinstance(array, np.ndarray)
-                     else type(array).__name__)
-            raise ConversionError(f"{where}: {name} is {found}; expected a {ARRAY_DIMENSIONS[name]}-d float array "
-                                  "with one row per box (norm_bb: x1, y1, x2, y2, w, h)")
-    arrays = {name: array[:nbb] for name, array in arrays.items()}
+    features = dump["features"]
+    rows = len(features) if isinstance(features, np.ndarray) and features.ndim == 2 else -1
+    arrays = {name: uniter_array(name, dump[name], rows, where)[:nbb] for name in ARRAY_SHAPES if name in dump}
     image_id = key_text(key, where).removesuffix(".npz")
     width = height = 1.0
     boxes = arrays["norm_bb"][:, :4].astype(np.float32)
@@ -138,7 +150,7 @@ def uniter_image(dump: dict, key: bytes, where: str, nbb: Optional[int], sizes_p
     return ConvertedImage(where, record)
 
 
-def uniter_record(dump: dict, key: bytes, where: str, nbb_path: Optional[str], sizes_path: Optional[str]):
+def uniter_record(dump: dict, key: bytes, where: str, nbb_path: str | None, sizes_path: str | None):
     """One decoded record → ConvertedImage, cut to its box count in ``nbb_path`` (when given)."""
     nbb = None
     if nbb_path:
@@ -157,7 +169,7 @@ def _json_list(value: bytes, where: str) -> list:
                               "(see --format)") from None
 
 
-def convert_uniter_lmdb(path: str, options: ConversionOptions, image_sizes: Optional[str] = None) -> ConversionResult:
+def convert_uniter_lmdb(path: str, options: ConversionOptions, image_sizes: str | None = None) -> ConversionResult:
     """A UNITER image LMDB directory → the store ``options.out`` (``image_sizes``: see above)."""
     ensure_new_output(options)
     nbb = nbb_file(path)

@@ -4,14 +4,15 @@ Features (microsoft/Oscar ``oscar/datasets/oscar_tsv.py`` reads them): one image
 ``image_id \\t num_boxes \\t base64`` (Oscar+ pretraining, VinVL's released ``features.tsv``) or
 ``image_id \\t {"num_boxes": N, "features": base64}`` (Oscar's ``run_captioning.py``
 ``*.feature.tsv``); the base64 holds N×(2048 + 6) float32: the region feature, then x1/w, y1/h,
-x2/w, y2/h, (x2-x1)/w, (y2-y1)/h. Beside it ``NAME.lineidx`` (``os.path.splitext(tsv)[0]``, as
-``oscar/utils/tsv_file.py`` and microsoft/scene_graph_benchmark's ``tsv_writer`` name it): one
-byte offset per row, as text. Without it the TSV is scanned.
+x2/w, y2/h, (x2-x1)/w, (y2-y1)/h. Beside it may lie ``NAME.lineidx``, the offset of every row.
 
 Predictions (``image_id \\t JSON``): ``{"objects": [{"rect": [x1, y1, x2, y2], "class", "conf"},
 ...], "image_h", "image_w"}`` (VinVL's released ``predictions.tsv``, read by ``oscar_tsv.py``), or
 the bare list of objects (Oscar's ``*.label.tsv``). Classes map to ids through the labelmap JSON's
 ``label_to_idx`` (1-based, background 0: scene_graph_benchmark's ``load_labelmap_file``).
+
+Inputs may be files, pipes, ``-`` or compressed (``input_streams``); how their rows reach the
+workers, by offset or read in order: ``vinvl_rows``.
 
 Into the store: with predictions giving the image size, boxes are their ``rect`` in pixels;
 otherwise the normalised positions with width = height = 1.0 (the same 5-d region locations).
@@ -20,90 +21,42 @@ Labels from the labelmap (-1 without one), confidences from ``conf``.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Optional
 
 import numpy as np
 
-from interbert.data.conversion import (ConversionOptions, ConversionResult, ConvertedImage, each_record,
-                                      ensure_new_output, run_conversion)
+from interbert.data.conversion import (
+    ConversionOptions,
+    ConversionResult,
+    ConvertedImage,
+    each_record,
+    ensure_new_output,
+    run_conversion,
+)
 from interbert.data.detections import ConversionError, decode_base64, detections_to_record
+from interbert.data.input_streams import check_input, input_name, is_plain_file, whole_input
 from interbert.data.tsv import SourceLine
+from interbert.data.vinvl_rows import prediction_rows, read_line, rows_in_order, units_by_offset
+from interbert.errors import UserError
 
 POSITION_VALUES = 6
-ROWS_PER_UNIT = 16
-
-
-def lineidx_path(tsv: str) -> str:
-    """Where Oscar's TSVFile looks for the line index of ``tsv``."""
-    return os.path.splitext(tsv)[0] + ".lineidx"
-
-
-def scanned_rows(path: str):
-    """``(byte offset, line)`` of every line of ``path``, read in order."""
-    position = 0
-    with open(path, "rb") as handle:
-        for line in handle:
-            yield position, line
-            position += len(line)
-
-
-def row_offsets(tsv: str) -> list:
-    """The byte offset of every row of ``tsv``: from its ``.lineidx`` (checked against the TSV's
-    size), else by scanning the TSV."""
-    size = os.path.getsize(tsv)
-    index = lineidx_path(tsv)
-    if not os.path.isfile(index):
-        return [offset for offset, _ in scanned_rows(tsv)]
-    offsets = []
-    with open(index, encoding="ascii", errors="replace") as handle:
-        for number, line in enumerate(handle, 1):
-            try:
-                offset = int(line)
-            except ValueError:
-                raise ConversionError(f"{index}:{number}: {line.strip()!r} is not a byte offset") from None
-            if not 0 <= offset < size:
-                raise ConversionError(f"{index}:{number}: offset {offset} points past the end of {tsv} ({size} "
-                                      "bytes); the .lineidx belongs to another version of the TSV: regenerate it, "
-                                      "or delete it to have the TSV scanned")
-            offsets.append(offset)
-    return offsets
-
-
-def first_columns(tsv: str, offsets: list) -> list:
-    """The image id (first column) of the row at each offset; an offset that is not at the start
-    of a row is an error naming the TSV and its ``.lineidx``."""
-    ids = []
-    with open(tsv, "rb") as handle:
-        for number, offset in enumerate(offsets, 1):
-            handle.seek(max(offset - 1, 0))
-            if offset and handle.read(1) != b"\n":
-                raise ConversionError(f"{lineidx_path(tsv)}:{number}: offset {offset} is not the start of a row of "
-                                      f"{tsv}; regenerate the .lineidx, or delete it to have the TSV scanned")
-            ids.append(handle.readline().split(b"\t", 1)[0].strip().decode("utf-8", "replace"))
-    return ids
 
 
 @lru_cache(maxsize=2)
 def load_labelmap(path: str) -> dict:
     """``label_to_idx`` of a VinVL labelmap JSON (class name → id, background 0)."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            labelmap = json.load(handle)["label_to_idx"]
+        _, data = whole_input(path, ("*.json",))
+        labelmap = json.loads(data)["label_to_idx"]
+    except UserError:
+        raise
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ConversionError(f"{path}: not a VinVL labelmap JSON with 'label_to_idx' ({type(error).__name__}: "
                               f"{error})") from None
     if not isinstance(labelmap, dict) or not all(isinstance(v, int) and v > 0 for v in labelmap.values()):
         raise ConversionError(f"{path}: 'label_to_idx' must map class names to ids from 1 (0 is the background)")
     return labelmap
-
-
-def _read_line(path: str, offset: int) -> bytes:
-    with open(path, "rb") as handle:
-        handle.seek(offset)
-        return handle.readline().rstrip(b"\r\n")
 
 
 def feature_row(line: bytes, where, feature_size: int) -> tuple:
@@ -154,7 +107,7 @@ def prediction_objects(line: bytes, image_id: str, where) -> tuple:
                               f"{data['image_h']!r} are not numbers") from None
 
 
-def object_arrays(objects: list, size, labelmap: Optional[str], place, image_id: str) -> dict:
+def object_arrays(objects: list, size, labelmap: str | None, place, image_id: str) -> dict:
     """``rect`` (when the image size is known), ``class`` (through the labelmap) and ``conf`` of
     the predicted objects as the arrays ``detections_to_record`` takes."""
     if not all(isinstance(o, dict) for o in objects):
@@ -180,29 +133,39 @@ def object_arrays(objects: list, size, labelmap: Optional[str], place, image_id:
 
 @dataclass(frozen=True)
 class _ParseVinvl:
-    """The picklable parse function of convert-vinvl: a unit is ``(feature row offset,
-    predictions row offset)`` pairs (the latter None when the image has no predictions row)."""
+    """The picklable parse function of convert-vinvl. With ``by_offset`` a unit is ``(feature row
+    offset, predictions row offset)`` pairs that the worker reads from the files; else ``(feature
+    row place, line, predictions row place, line)`` tuples read by the main process. The
+    predictions row is None when the image has none."""
 
     features: str
-    predictions: Optional[str]
-    labelmap: Optional[str]
+    predictions: str | None
+    labelmap: str | None
     feature_size: int
+    by_offset: bool = True
 
     def __call__(self, rows) -> list:
         return each_record(self.image, rows)
 
     def image(self, row: tuple) -> ConvertedImage:
+        if not self.by_offset:
+            return self.image_of_lines(*row)
         feature_offset, prediction_offset = row
-        where = SourceLine(self.features, feature_offset)
-        image_id, features, positions = feature_row(_read_line(self.features, feature_offset), where,
-                                                    self.feature_size)
+        place = line = None
+        if prediction_offset is not None:
+            place, line = SourceLine(self.predictions, prediction_offset), read_line(self.predictions,
+                                                                                     prediction_offset)
+        return self.image_of_lines(SourceLine(self.features, feature_offset),
+                                   read_line(self.features, feature_offset), place, line)
+
+    def image_of_lines(self, where, feature_line: bytes, place, prediction_line: bytes | None) -> ConvertedImage:
+        image_id, features, positions = feature_row(feature_line, where, self.feature_size)
         width = height = 1.0
         arrays = {"boxes": positions[:, :4]}
         if self.predictions:
-            if prediction_offset is None:
+            if prediction_line is None:
                 raise ConversionError(f"{where} (image {image_id!r}): the image has no row in {self.predictions}")
-            place = SourceLine(self.predictions, prediction_offset)
-            objects, size = prediction_objects(_read_line(self.predictions, prediction_offset), image_id, place)
+            objects, size = prediction_objects(prediction_line, image_id, place)
             if len(objects) != len(features):
                 raise ConversionError(f"{place} (image {image_id!r}): {len(objects)} objects, but {where} has "
                                       f"{len(features)} regions; the predictions do not belong to these features")
@@ -212,28 +175,29 @@ class _ParseVinvl:
         return ConvertedImage(where, record)
 
 
-def prediction_offsets(path: str) -> dict:
-    """Image id → byte offset of its row in a predictions TSV."""
-    offsets = {}
-    for offset, line in scanned_rows(path):
-        offsets.setdefault(line.split(b"\t", 1)[0].strip().decode("utf-8", "replace"), offset)
-    return offsets
-
-
-def convert_vinvl(features: str, options: ConversionOptions, predictions: Optional[str] = None,
-                  labelmap: Optional[str] = None) -> ConversionResult:
-    """A VinVL feature TSV (with optional predictions TSV and labelmap) → the store ``options.out``."""
+def convert_vinvl(features: str, options: ConversionOptions, predictions: str | None = None,
+                  labelmap: str | None = None) -> ConversionResult:
+    """A VinVL feature TSV (with optional predictions TSV and labelmap) → the store ``options.out``;
+    each may be a file, a pipe, ``-`` or compressed (see above)."""
     ensure_new_output(options)
-    for path in filter(None, (features, predictions)):
-        if not os.path.isfile(path):
-            raise ConversionError(f"{path}: no such file")
+    inputs = [path for path in (features, predictions, labelmap) if path]
+    if inputs.count("-") > 1:
+        raise ConversionError("- (stdin) is given for more than one input; it can be read only once")
+    for path in inputs:
+        check_input(path)
     if labelmap:
         load_labelmap(labelmap)
-    offsets = row_offsets(features)
-    ids = first_columns(features, offsets)
-    by_id = prediction_offsets(predictions) if predictions else {}
-    rows = [(offset, by_id.get(image_id)) for offset, image_id in zip(offsets, ids)]
-    units = [tuple(rows[i:i + ROWS_PER_UNIT]) for i in range(0, len(rows), ROWS_PER_UNIT)]
-    parse = _ParseVinvl(features, predictions, labelmap, options.feature_size)
-    return run_conversion(units, parse, options, f"interbert data convert-vinvl {features}", total=len(units),
-                          desc="convert-vinvl", unit_name="chunk")
+    created_by = f"interbert data convert-vinvl {input_name(features)}"
+    if is_plain_file(features) and (not predictions or is_plain_file(predictions)):
+        units = units_by_offset(features, predictions)
+        parse = _ParseVinvl(features, predictions, labelmap, options.feature_size)
+        return run_conversion(units, parse, options, created_by, total=len(units), desc="convert-vinvl",
+                              unit_name="chunk")
+    parse = _ParseVinvl(input_name(features), predictions and input_name(predictions), labelmap,
+                        options.feature_size, by_offset=False)
+    if not predictions:
+        return run_conversion(rows_in_order(features, None), parse, options, created_by, desc="convert-vinvl",
+                              unit_name="chunk")
+    with prediction_rows(predictions) as rows:
+        return run_conversion(rows_in_order(features, rows), parse, options, created_by, desc="convert-vinvl",
+                              unit_name="chunk")

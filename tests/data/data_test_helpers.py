@@ -1,13 +1,15 @@
 """Helpers for the data tests: records, small stores, planted bad records, manifests."""
 from __future__ import annotations
 
+import base64
+import csv
 import json
 
 import lmdb
 import numpy as np
 
-from interbert.data.store_writer import FeatureStoreWriter
 from interbert.data.record_format import RegionRecord
+from interbert.data.store_writer import FeatureStoreWriter
 
 FEATURE_SIZE = 2048
 
@@ -48,3 +50,15 @@ def put_raw(store_path, key: str, value: bytes) -> None:
 def write_manifest_lines(path, entries) -> str:
     path.write_text("".join(json.dumps(e) + "\n" for e in entries))
     return str(path)
+
+
+def write_bottom_up_tsv(path, records) -> None:
+    """peteanderson80/bottom-up-attention tools/generate_tsv.py: csv rows (tab-delimited, "\\r\\n")
+    of image_id, image_w, image_h, num_boxes and base64 float32 boxes and features."""
+    def b64(array) -> str:
+        return base64.b64encode(np.ascontiguousarray(array, np.float32)).decode()
+
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t")
+        for r in records:
+            writer.writerow([r.image_id, int(r.width), int(r.height), r.num_regions, b64(r.boxes), b64(r.features)])

@@ -14,6 +14,7 @@ import json
 import os
 import pickle
 import re
+import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -110,7 +111,7 @@ def write_vilbert_tsv_lmdb(path, images: list, tmp_dir, with_cls_prob: bool = Tr
             img_id = str(item["image_id"]).encode()
             id_list.append(img_id)
             items.append((img_id, pickle.dumps(item, protocol=3 if python36 else pickle.DEFAULT_PROTOCOL)))
-    items.append(("keys".encode(), pickle.dumps(id_list, protocol=3 if python36 else pickle.DEFAULT_PROTOCOL)))
+    items.append((b"keys", pickle.dumps(id_list, protocol=3 if python36 else pickle.DEFAULT_PROTOCOL)))
     _write_lmdb(path, items)
 
 
@@ -120,7 +121,8 @@ def write_vilbert_numpy_lmdb(path, images: list, tmp_dir, with_cls_prob: bool = 
     script/extract_features.py saves each image's dict with np.save (``bbox``, ``num_boxes`` = boxes
     with a nonzero score, ``image_width``/``image_height`` ints, ``cls_prob``, ``features``) and
     script/convert_to_lmdb.py pickles ``image_id, image_h, image_w, num_boxes, boxes, features``
-    under ``str(image_id).encode()``, ``keys`` the id list. ``with_cls_prob`` also copies cls_prob."""
+    under ``str(image_id).encode()``, ``keys`` the id list (pickle protocol 3: the Python 3.6 its README
+    sets up). ``with_cls_prob`` also copies cls_prob."""
     items, id_list = [], []
     for image in images:
         npy = os.path.join(str(tmp_dir), f"{image.image_id}.npy")
@@ -138,8 +140,8 @@ def write_vilbert_numpy_lmdb(path, images: list, tmp_dir, with_cls_prob: bool = 
         item["features"] = reader.item().get("features")
         if with_cls_prob:
             item["cls_prob"] = reader.item().get("cls_prob")
-        items.append((img_id, pickle.dumps(item)))
-    items.append(("keys".encode(), pickle.dumps(id_list)))
+        items.append((img_id, pickle.dumps(item, protocol=3)))
+    items.append((b"keys", pickle.dumps(id_list, protocol=3)))
     _write_lmdb(path, items)
 
 
@@ -149,29 +151,72 @@ def msgpack_numpy_dumps(obj) -> bytes:
     return msgpack.packb(obj, default=msgpack_numpy.encode, use_bin_type=True)
 
 
+def uniter_extractor_npz(image: Detections, max_conf: np.ndarray) -> dict:
+    """One image's npz as UNITER's extractor writes it: BUTD-UNITER-NLVR2 (the chenrocks/butd-caffe:nlvr2
+    docker of ChenRocks/UNITER scripts/extract_imgfeat.sh) tools/generate_npz.py save_to_npz. The
+    float64 ``max_conf`` goes through base64 as float64, is reshaped to (N, 1) and cast to float32;
+    ``norm_bb`` is x1/w, y1/h, x1/w + bw/w, y1/h + bh/h, bw/w, bh/h in float32; every array is saved
+    as float16, in this order."""
+    n = len(image.boxes)
+    bboxes = image.boxes
+    image_w, image_h = float(image.width), float(image.height)
+    confidence = np.frombuffer(base64.b64decode(_b64(max_conf.astype(np.float64))), dtype=np.float64
+                               ).reshape((n, -1)).astype(np.float32)
+    box_width, box_height = bboxes[:, 2] - bboxes[:, 0], bboxes[:, 3] - bboxes[:, 1]
+    scaled_width, scaled_height = box_width / image_w, box_height / image_h
+    scaled_x, scaled_y = bboxes[:, 0] / image_w, bboxes[:, 1] / image_h
+    columns = [scaled_x, scaled_y, scaled_x + scaled_width, scaled_y + scaled_height, scaled_width, scaled_height]
+    normalized_bbox = np.concatenate([c[..., np.newaxis] for c in columns], axis=1)
+    arrays = {"norm_bb": normalized_bbox.astype(np.float16), "features": image.features.astype(np.float16),
+              "conf": confidence.astype(np.float16), "soft_labels": image.cls_prob.astype(np.float16)}
+    with io.BytesIO() as npz:  # saved and loaded again, as convert_imgdir.py reads the extractor's files
+        np.savez_compressed(npz, **arrays)
+        npz.seek(0)
+        with np.load(npz) as loaded:
+            return {key: loaded[key] for key in loaded.files}
+
+
 def uniter_nbb(conf: np.ndarray, conf_th: float, max_bb: int, min_bb: int) -> int:
+    """ChenRocks/UNITER scripts/convert_imgdir.py _compute_nbb, on the npz's (N, 1) float16 conf."""
     return int(min(max_bb, max(min_bb, (conf > conf_th).sum())))
 
 
-def write_uniter_lmdb(img_dir, images: list, confs: list, conf_th: float = 0.2, max_bb: int = 100,
-                      min_bb: int = 2, compress: bool = False, prefix: str = "nlvr2_") -> str:
-    """UNITER's image LMDB: ChenRocks/UNITER scripts/convert_imgdir.py (each npz's float32 arrays cast
-    to float16 and cut to nbb boxes, msgpack + msgpack-numpy, or np.savez_compressed bytes with
-    ``--compress``; keys the npz file names, ``__keys__`` their JSON list; ``nbb_th*_max*_min*.json``
-    beside the LMDB directory). Returns the LMDB directory."""
+def savez_compressed_numpy1(arrays: dict) -> bytes:
+    """The bytes of ``np.savez_compressed(writer, **arrays, allow_pickle=True)`` under numpy 1.x, as
+    convert_imgdir.py ran it: savez had no ``allow_pickle`` parameter then and stored the keyword as
+    one more member, a 0-d bool array (numpy >= 2.1 takes it as the parameter, so the members are
+    written here as numpy's own savez writes them)."""
+    with io.BytesIO() as writer:
+        with zipfile.ZipFile(writer, mode="w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+            for name, value in {**arrays, "allow_pickle": True}.items():
+                with archive.open(name + ".npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=True)
+        return writer.getvalue()
+
+
+def write_uniter_lmdb(img_dir, images: list, max_confs: list, conf_th: float = 0.2, max_bb: int = 100,
+                      min_bb: int = 2, compress: bool = False, prefix: str = "nlvr2_",
+                      flat_conf: bool = False) -> str:
+    """UNITER's image LMDB from the extractor's npz files (``uniter_extractor_npz``, one float64
+    ``max_conf`` per box): ChenRocks/UNITER scripts/convert_imgdir.py load_npz (float32 cast to
+    float16, 2-d arrays cut ``[:nbb, :]``, 1-d ``[:nbb]``), then msgpack + msgpack-numpy, or with
+    ``compress`` numpy 1.x's ``np.savez_compressed`` bytes; keys the npz file names, ``__keys__`` their
+    JSON list, ``nbb_th*_max*_min*.json`` beside the LMDB directory. ``flat_conf``: ``conf`` 1-d, as a
+    hand-made LMDB might hold it. Returns the LMDB directory."""
     db_name = f"feat_th{conf_th}_max{max_bb}_min{min_bb}" + ("_compressed" if compress else "")
     os.makedirs(str(img_dir), exist_ok=True)
     items, name2nbb = [], {}
-    for image, conf in zip(images, confs):
-        npz = {"features": image.features, "norm_bb": image.norm_bb, "conf": conf, "soft_labels": image.cls_prob}
-        nbb = uniter_nbb(conf, conf_th, max_bb, min_bb)
-        dump = {key: (arr.astype(np.float16) if arr.dtype == np.float32 else arr)[:nbb] for key, arr in npz.items()}
-        if compress:
-            with io.BytesIO() as writer:
-                np.savez_compressed(writer, **dump)
-                value = writer.getvalue()
-        else:
-            value = msgpack_numpy_dumps(dump)
+    for image, max_conf in zip(images, max_confs):
+        img_dump = uniter_extractor_npz(image, max_conf)
+        if flat_conf:
+            img_dump["conf"] = img_dump["conf"].reshape(-1)
+        nbb = uniter_nbb(img_dump["conf"], conf_th, max_bb, min_bb)
+        dump = {}
+        for key, arr in img_dump.items():
+            if arr.dtype == np.float32:
+                arr = arr.astype(np.float16)
+            dump[key] = arr[:nbb, :] if arr.ndim == 2 else arr[:nbb]
+        value = savez_compressed_numpy1(dump) if compress else msgpack_numpy_dumps(dump)
         fname = f"{prefix}{image.image_id}.npz"
         items.append((fname.encode("utf-8"), value))
         name2nbb[fname] = nbb
@@ -201,9 +246,9 @@ def write_tensorpack_lmdb(path, datapoints: list) -> None:
     txn = db.begin(write=True)
     idx = -1
     for idx, dp in enumerate(datapoints):
-        txn.put(u"{:08}".format(idx).encode("ascii"), msgpack_numpy_dumps(dp))
+        txn.put(f"{idx:08}".encode("ascii"), msgpack_numpy_dumps(dp))
     txn.commit()
-    keys = [u"{:08}".format(k).encode("ascii") for k in range(idx + 1)]
+    keys = [f"{k:08}".encode("ascii") for k in range(idx + 1)]
     with db.begin(write=True) as txn:
         txn.put(b"__keys__", msgpack_numpy_dumps(keys))
     db.sync()
@@ -217,7 +262,7 @@ def tsv_writer(rows: list, tsv_file) -> None:
     idx = 0
     with open(str(tsv_file), "w") as fp, open(lineidx, "w") as fpidx:
         for value in rows:
-            v = "{0}\n".format("\t".join(map(str, value)))
+            v = "{}\n".format("\t".join(map(str, value)))
             fp.write(v)
             fpidx.write(str(idx) + "\n")
             idx = idx + len(v)
@@ -251,7 +296,7 @@ def vinvl_prediction_row(image: Detections, names: list, with_size: bool = True)
     return [image.image_id, json.dumps({"objects": objects, "image_h": image.height, "image_w": image.width})]
 
 
-def write_milvlg_npz(folder, image: Detections, info_extra: dict = None) -> str:
+def write_milvlg_npz(folder, image: Detections, info_extra: dict | None = None) -> str:
     """MILVLG/bottom-up-attention.pytorch utils/extract_utils.py save_roi_features:
     np.savez_compressed(x, bbox, num_bbox, image_h, image_w, info) with ``info`` a dict (pickled as a
     0-d object array) of 0-based ``objects_id``/``attrs_id`` and their confidences."""

@@ -5,9 +5,16 @@ import json
 
 import numpy as np
 import pytest
+from peer_writers import (
+    assert_one_error_line,
+    assert_stored,
+    conceptual_caption_datapoint,
+    detections,
+    msgpack_numpy_dumps,
+    put_value,
+    write_tensorpack_lmdb,
+)
 
-from peer_writers import (assert_one_error_line, assert_stored, conceptual_caption_datapoint, detections,
-                          msgpack_numpy_dumps, put_value, write_tensorpack_lmdb)
 from interbert.cli import main
 from interbert.data.conversion import ConversionOptions
 from interbert.data.detections import ConversionError
@@ -68,3 +75,14 @@ def test_tensorpack_non_msgpack_record_is_an_error_or_a_counted_skip(tmp_path, c
     assert main(["data", "convert-lmdb", "--format", "tensorpack", "--skip-unreadable", "--out",
                  str(tmp_path / "store"), src]) == 0
     assert "2 images" in capsys.readouterr().out
+
+
+def test_a_caption_pandas_read_as_nan_gives_no_caption_not_the_text_nan(tmp_path):
+    """vilbert_beta's preprocessing reads the captions with pandas.read_csv: an empty caption
+    field is the float NaN in the datapoint."""
+    images = [detections(str(3000000 + i), num_regions=4, seed=i) for i in range(2)]
+    write_tensorpack_lmdb(tmp_path / "cc.lmdb", [conceptual_caption_datapoint(images[0], float("nan")),
+                                                 conceptual_caption_datapoint(images[1], "a dog")])
+    result = convert_tensorpack_lmdb(str(tmp_path / "cc.lmdb"), ConversionOptions(str(tmp_path / "store")))
+    assert result.captions == [(images[1].image_id, "a dog")]
+    assert len(FeatureStore(tmp_path / "store")) == 2

@@ -10,8 +10,8 @@ import time
 
 import numpy as np
 import pytest
+from data_test_helpers import make_record, write_bottom_up_tsv
 
-from data_test_helpers import make_record
 from interbert.cli import main
 from interbert.data.conversion import ConversionOptions
 from interbert.data.detections import ConversionError
@@ -40,15 +40,6 @@ def write_lxmert_tsv(path, records) -> None:
                              "attrs_id": b64(np.zeros(n, np.int64)), "attrs_conf": b64(np.ones(n, np.float32)),
                              "num_boxes": n, "boxes": b64(r.boxes.astype(np.float32)),
                              "features": b64(r.features.astype(np.float32))})
-
-
-def write_bottom_up_tsv(path, records) -> None:
-    """bottom-up-attention's tools/generate_tsv.py: image_id, image_w, image_h, num_boxes, boxes, features."""
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle, delimiter="\t")
-        for r in records:
-            writer.writerow([r.image_id, int(r.width), int(r.height), r.num_regions,
-                             b64(r.boxes.astype(np.float32)), b64(r.features.astype(np.float32))])
 
 
 def test_the_lxmert_layout_is_recognised_without_flags(tmp_path):
@@ -101,7 +92,7 @@ def test_characters_outside_base64_are_an_error_not_dropped(tmp_path):
 
 
 def test_two_workers_write_the_same_store_as_one(tmp_path, monkeypatch):
-    import interbert.data.tsv as tsv
+    from interbert.data import tsv
 
     monkeypatch.setattr(tsv, "CHUNK_BYTES", 20_000)  # many units, so the order across workers matters
     records = [make_record(f"{i}", num_regions=2 + i % 5, seed=i) for i in range(30)]
@@ -111,19 +102,21 @@ def test_two_workers_write_the_same_store_as_one(tmp_path, monkeypatch):
     two = convert_tsv([tmp_path / "a.tsv"], ConversionOptions(str(tmp_path / "two"), workers=2, shards=3))
     assert one.skipped == two.skipped == {"duplicate image id": 1}
     first, second = FeatureStore(tmp_path / "one"), FeatureStore(tmp_path / "two")
-    assert sorted(first.keys()) == sorted(second.keys())
-    for image_id in first.keys():
+    image_ids = sorted(first.keys())
+    assert image_ids == sorted(second.keys())
+    for image_id in image_ids:
         assert first.get_bytes(image_id) == second.get_bytes(image_id)
 
 
 def test_an_interrupted_conversion_leaves_no_store_under_the_final_name(tmp_path):
     records = [make_record(f"{i}", num_regions=36, seed=i) for i in range(300)]
     write_bottom_up_tsv(tmp_path / "big.tsv", records)
-    process = subprocess.Popen([sys.executable, "-m", "interbert.cli", "data", "convert-tsv", "--workers", "2",
+    # SIGINT as a terminal gives it, also under a runner started in the background (which ignores it)
+    cli = ("import signal, sys\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+           "from interbert.cli import main\nsys.exit(main())")
+    process = subprocess.Popen([sys.executable, "-c", cli, "data", "convert-tsv", "--workers", "2",
                                 "--out", str(tmp_path / "store"), str(tmp_path / "big.tsv")],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               # SIGINT as a terminal gives it, also under a runner started in the background
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 60
     while not list(tmp_path.glob("store.tmp-*")) and time.time() < deadline:
         time.sleep(0.05)
@@ -137,7 +130,8 @@ def test_an_interrupted_conversion_leaves_no_store_under_the_final_name(tmp_path
 def test_the_data_commands_start_without_torch(tmp_path):
     write_bottom_up_tsv(tmp_path / "a.tsv", [make_record("1")])
     code = ("import sys\nfrom interbert.cli import main\n"
-            f"status = main(['data', 'convert-tsv', '--out', {str(tmp_path / 'store')!r}, {str(tmp_path / 'a.tsv')!r}])\n"
+            f"status = main(['data', 'convert-tsv', '--out', {str(tmp_path / 'store')!r}, "
+            f"{str(tmp_path / 'a.tsv')!r}])\n"
             "print(status, 'torch' in sys.modules)")
-    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert probe.stdout.strip().splitlines()[-1] == "0 False"
