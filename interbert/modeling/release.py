@@ -86,7 +86,7 @@ def convert_release_state_dict(
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Released keys -> (this project's state_dict, the fine-tuned release's task heads).
     Raises ValueError listing every unknown, missing or mis-shaped key."""
-    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    state = {k.removeprefix("module."): v for k, v in state.items()}
     expected = InterBertForPretraining(config).state_dict()
     converted, task_heads, unknown, mismatched = {}, {}, [], []
     for key, tensor in state.items():

@@ -3,10 +3,18 @@
 A checkpoint is `<output>/checkpoints/global_step<N>/` as DeepSpeed writes it (model states by
 rank 0, one ZeRO optimizer partition per rank) plus our client state: epoch, step, the data
 sampler's position and every rank's random-number states (python, numpy, torch), gathered to
-rank 0 because DeepSpeed stores client state once. `latest` names the newest; of the older ones,
-the newest `keep_last` stay (the newest of all is kept besides: its weights are not judged good until
-the next step's loss is known) and the rest are deleted after every rank has finished writing. `global_step<N>/interbert_run.json`
-records the step and the world size that wrote it.
+rank 0 because DeepSpeed stores client state once. `global_step<N>/interbert_run.json` records the
+step, the world size and the precision that wrote it.
+
+`latest` names the newest complete checkpoint: it moves only once every rank's files are on disk
+(`commit`: fsync, then the pointer, written whole and renamed). Of the older checkpoints the newest
+`keep_last` stay (the newest of all is kept besides: its weights are not judged good until the next
+step's loss is known) and the rest are deleted. After a stop for a non-finite loss or a divergence,
+the checkpoints that hold the bad weights are set aside under a name that says why and `latest` goes
+back to the last good one (`set_aside`). `--resume` refuses a checkpoint with a missing or cut-short
+file, naming the newest complete one. A resumed run trains at its own configured learning-rate
+schedule from its first step (DeepSpeed restores the checkpoint's rate into the optimizer until the
+scheduler's next step), and says so where the two differ.
 
 Another world size: ZeRO partitions the optimizer state by rank, so a checkpoint written by W ranks
 does not load into W' ranks as it is. On `--resume` with another world size, rank 0 converts the
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import shutil
@@ -30,8 +39,10 @@ import numpy as np
 import torch
 
 from interbert.errors import UserError
+from interbert.modeling.checkpoint_files import torch_file_cut_short
 from interbert.training.distributed import all_gather_objects, barrier
 from interbert.training.safe_load import load_checkpoints_safely, weights_only_load
+
 
 class PrecisionMismatch(UserError, ValueError):
     pass
@@ -79,8 +90,9 @@ def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
 
 
 def save(engine, directory: Path, *, step: int, epoch: int, sampler_state: dict,
-         keep_last: int, rank: int, extra: dict | None = None, precision: str | None = None) -> Path:
-    """Collective: every rank must call it at the same step."""
+         rank: int, extra: dict | None = None, precision: str | None = None) -> Path:
+    """Collective: every rank must call it at the same step. Writes the checkpoint's files; `latest`
+    moves to it only with `commit`, once every rank's files (the caller's own included) are complete."""
     rng_states = all_gather_objects(capture_rng_state())
     sampler_states = all_gather_objects(sampler_state)
     from deepspeed.checkpoint.constants import (
@@ -97,35 +109,111 @@ def save(engine, directory: Path, *, step: int, epoch: int, sampler_state: dict,
         **(extra or {}),
     }
     tag = tag_for(step)
-    engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=True)
+    engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
     if rank == 0:
         written = {"step": step, "world_size": len(rng_states), "precision": precision}
         (directory / tag / RUN_FILE).write_text(json.dumps(written) + "\n")
-    barrier()
-    if rank == 0 and keep_last > 0:
-        # The newest checkpoint is not known good until the next step's loss is judged (its weights
-        # produce it): keep_last counts the older ones, which the divergence guard has passed.
-        older = [path for saved, path in list_checkpoints(directory) if saved < step]
-        for old in older[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
-    barrier()
     return directory / tag
+
+
+def commit(directory: Path, step: int, *, keep_last: int, rank: int) -> None:
+    """Collective, after `save` and any files of the caller's own: every rank flushes the folder's files
+    to disk, then rank 0 points `latest` at it (written whole, then renamed over the old pointer), so a
+    crash or a full disk mid-save leaves `latest` on the previous, complete checkpoint. Then retention."""
+    barrier()
+    sync_folder(directory / tag_for(step))
+    barrier()
+    if rank == 0:
+        write_latest(directory, tag_for(step))
+        if keep_last > 0:
+            # The newest checkpoint is not known good until the next step's loss is judged (its weights
+            # produce it): keep_last counts the older ones, which the divergence guard has passed.
+            older = [path for saved, path in list_checkpoints(directory) if saved < step]
+            for old in older[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+    barrier()
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync every file in `folder` and the folder itself."""
+    for path in sorted(folder.iterdir()):
+        if path.is_file():
+            descriptor = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+    _sync_directory(folder)
+
+
+def _sync_directory(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def write_latest(directory: Path, tag: str) -> None:
+    """`directory/latest` names `tag` (DeepSpeed's format: the tag alone), replaced whole or not at all."""
+    partial = directory / "latest.partial"
+    with open(partial, "w") as stream:
+        stream.write(tag)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(partial, directory / "latest")
+    _sync_directory(directory)
+
+
+def set_aside(directory: Path, first_bad_step: int, why: str, rank: int) -> tuple[Path | None, list[Path]]:
+    """Collective, after a stop for a step whose loss or gradients went wrong: the checkpoints from
+    step `first_bad_step` - 1 on hold the weights that produced it. They are renamed `<tag>.<why>`
+    (kept, no longer resumable) and `latest` names the newest earlier one, which is returned with the
+    new names; with none left, `latest` itself is renamed `latest.<why>`."""
+    good, bad = [], []
+    for step, path in list_checkpoints(directory):
+        (good if step < first_bad_step - 1 else bad).append(path)
+    moved = [path.with_name(f"{path.name}.{why}") for path in bad]
+    if rank == 0:
+        for path, target in zip(bad, moved):
+            path.rename(target)
+        if good:
+            write_latest(directory, good[-1].name)
+        elif (directory / "latest").is_file():
+            (directory / "latest").rename(directory / f"latest.{why}")
+    barrier()
+    return (good[-1] if good else None), moved
 
 
 MODEL_STATES = "mp_rank_00_model_states.pt"
 
 
+class CheckpointIncomplete(UserError, FileNotFoundError):
+    """The checkpoint `latest` names is missing or has files cut short."""
+
+
+def incomplete(folder: Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from (missing, no model states, a file cut short), or None."""
+    if not folder.is_dir():
+        return f"{folder} does not exist"
+    if not (folder / MODEL_STATES).is_file():
+        return f"{folder} is incomplete (no {MODEL_STATES})"
+    return next((problem for path in sorted(folder.glob("*.pt")) if (problem := torch_file_cut_short(path))), None)
+
+
 def check_latest(directory: Path) -> None:
-    """The checkpoint `latest` names exists and holds its model states; otherwise a message naming
-    it and the newest complete one to resume from instead."""
+    """The checkpoint `latest` names exists and every file of it is complete; otherwise one line naming
+    what is wrong and the newest complete checkpoint to resume from instead."""
     tag = (directory / "latest").read_text().strip()
-    if (directory / tag / MODEL_STATES).is_file():
+    problem = incomplete(directory / tag)
+    if problem is None:
         return
-    state = "does not exist" if not (directory / tag).is_dir() else f"is incomplete (no {MODEL_STATES})"
-    earlier = [path for _, path in list_checkpoints(directory) if (path / MODEL_STATES).is_file() and path.name != tag]
-    hint = (f"to resume from the newest complete one, write its name into the latest file: echo {earlier[-1].name} "
-            f"> {directory / 'latest'}" if earlier else "there is no complete checkpoint to resume from")
-    raise FileNotFoundError(f"--resume: {directory / 'latest'} names {tag}, which {state}; {hint}")
+    earlier = next((path for _, path in reversed(list_checkpoints(directory))
+                    if path.name != tag and incomplete(path) is None), None)
+    hint = (f"the newest complete checkpoint is {earlier.name}: to resume from it, write its name into the latest "
+            f"file (echo {earlier.name} > {directory / 'latest'}) and run again" if earlier
+            else "there is no complete checkpoint to resume from")
+    raise CheckpointIncomplete(f"--resume: {directory / 'latest'} names {tag}: {problem}; {hint}")
 
 
 def saved_run(directory: Path) -> dict:
@@ -205,9 +293,12 @@ def load(engine, directory: Path, rank: int, world_size: int = 1) -> dict:
     source = directory
     if needs_universal(directory, world_size):
         source = ensure_universal(directory, tag, rank).parent
+    configured = learning_rates(engine)
     with _weights_only_torch_load():  # the universal fragments are read with torch.load directly
         path, client_state = engine.load_checkpoint(str(source), tag=tag, load_optimizer_states=True,
                                                     load_lr_scheduler_states=True)
+    saved_rates = learning_rates(engine)
+    rates = apply_configured_schedule(engine, configured)
     if path is None or not client_state or "interbert_client_state" not in client_state:
         raise RuntimeError(f"{directory}: the checkpoint named by {latest} could not be loaded "
                            "or was not written by interbert pretrain")
@@ -218,4 +309,24 @@ def load(engine, directory: Path, rank: int, world_size: int = 1) -> dict:
     else:
         sampler = client_state["sampler"][0]  # every rank consumed the same count; re-sharded by the sampler
     return {"path": path, "step": client_state["step"], "epoch": client_state["epoch"], "sampler": sampler,
-            "saved_world_size": saved_world}
+            "saved_world_size": saved_world, "learning_rates": rates, "saved_learning_rates": saved_rates}
+
+
+def learning_rates(engine) -> list[float]:
+    """The optimizer's learning rate per parameter group (what the next step trains at)."""
+    return [float(group["lr"]) for group in engine.optimizer.param_groups]
+
+
+def apply_configured_schedule(engine, configured: list[float]) -> list[float]:
+    """After a load: the rates this run's configuration gives the next step. With a scheduler, its rate
+    at the restored position (the scheduler keeps only its position, its rates come from the config);
+    without one, the optimizer's configured rates (`configured`, read before the load)."""
+    scheduler = engine.lr_scheduler
+    position = getattr(scheduler, "last_batch_iteration", None)
+    if scheduler is not None and hasattr(scheduler, "get_lr") and (position is None or position >= 0):
+        rates = [float(rate) for rate in scheduler.get_lr()]
+    else:
+        rates = configured
+    for group, rate in zip(engine.optimizer.param_groups, rates):
+        group["lr"] = rate
+    return rates

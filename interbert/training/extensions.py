@@ -8,10 +8,12 @@ exists. A start interrupted mid-build leaves the file behind, and every later st
 - `./run.sh setup` runs `python -m interbert.training.extensions`, which builds the ops a CPU run
   needs, so no run compiles; on a CUDA node it builds DeepSpeed's FusedAdam where nvcc of torch's
   CUDA version is there, and otherwise says why not (runs then use torch's fused AdamW);
-- `check_build_locks` (at every start, before the process group) looks at each lock: one that a
-  live process on this machine works in is waited for; one that nothing holds is waited on for a
-  bounded time (a build on another machine sharing the cache may still finish it) and then stops
-  the run with one line naming the file and what to do.
+- `check_build_locks` (at every start, before the process group) judges each lock until it is gone
+  or a live process on this machine holds it (the process that took it keeps it open; the compiler
+  works in its folder), which is then waited for as torch does; one that nothing here holds, old or
+  left a moment ago by an interrupted start, is waited on for a bounded time with one line saying
+  so (a build on another machine sharing the cache may still release it) and then stops the run
+  with one line naming the file and what to do.
 """
 from __future__ import annotations
 
@@ -20,10 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-from interbert.errors import UserError
+from interbert.errors import UsageError, UserError
 
-STALE_AFTER_SECONDS = 60.0  # a younger lock may belong to a build that has not started its compiler yet
-WAIT_SECONDS = float(os.environ.get("INTERBERT_BUILD_LOCK_WAIT", "120"))
+DEFAULT_WAIT_SECONDS = 120.0  # INTERBERT_BUILD_LOCK_WAIT overrides it
+POLL_SECONDS = 1.0
 
 
 class StaleBuildLock(UserError, RuntimeError):
@@ -40,6 +42,18 @@ def extensions_root() -> Path:
     return Path(get_default_build_root())
 
 
+def lock_wait_seconds() -> float:
+    """How long a start waits for a build lock nothing on this machine holds: INTERBERT_BUILD_LOCK_WAIT."""
+    value = os.environ.get("INTERBERT_BUILD_LOCK_WAIT", str(DEFAULT_WAIT_SECONDS))
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise UsageError(f"INTERBERT_BUILD_LOCK_WAIT={value!r}: expected a number of seconds (0 or more)")
+    return seconds
+
+
 def build_locks(root: Path) -> list[Path]:
     """The `lock` files of builds under `root` (one or two levels: with or without the
     per-Python/accelerator folder torch adds to its default root)."""
@@ -49,48 +63,80 @@ def build_locks(root: Path) -> list[Path]:
 
 
 def lock_holders(lock: Path) -> list[int]:
-    """Process ids on this machine whose working directory is the lock's build folder (the
-    compiler and ninja run there while torch builds)."""
-    folder = lock.parent.resolve()
+    """Process ids on this machine that hold the lock: the process that took it keeps it open for
+    the whole build (torch's FileBaton), and the compiler and ninja work in its folder."""
+    folder, target = lock.parent.resolve(), str(lock.resolve())
     holders = []
     for entry in Path("/proc").glob("[0-9]*"):
         try:
-            if Path(os.readlink(entry / "cwd")) == folder:
+            if Path(os.readlink(entry / "cwd")) == folder or any(
+                    os.readlink(fd) == target for fd in (entry / "fd").iterdir()):
                 holders.append(int(entry.name))
-        except OSError:
+        except OSError:  # gone meanwhile, or another user's process
             continue
     return holders
 
 
-def _stale(lock: Path) -> bool:
+def describe_processes(pids: list[int]) -> str:
+    """`process 123 (python -m ...)`, for a line."""
+    described = []
+    for pid in pids[:3]:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            command = ""
+        command = command.strip()
+        described.append(f"process {pid}" + (f" ({command[:80]})" if command else ""))
+    return ", ".join(described) + (f" and {len(pids) - 3} more" if len(pids) > 3 else "")
+
+
+def lock_state(lock: Path) -> tuple[float, list[int]] | None:
+    """A lock's age in seconds and the processes holding it; None once it is gone."""
     try:
         age = time.time() - lock.stat().st_mtime
     except FileNotFoundError:
-        return False
-    return age > STALE_AFTER_SECONDS and not lock_holders(lock)
+        return None
+    return max(age, 0.0), lock_holders(lock)
 
 
 def check_build_locks(say=print, root: Path | None = None, wait_seconds: float | None = None) -> None:
-    """Stop with a message naming a lock no live build holds (after waiting `wait_seconds` for it
-    to go away); return at once when there is none."""
+    """Judge every build lock under `root` until each is gone or held by a live build on this
+    machine (torch then waits for that build, and so does the start); a lock nothing here holds,
+    old or made a moment ago, is waited on for `wait_seconds` (a build on another machine sharing
+    the cache may still release it), with one line saying so, and then stops the start with a
+    StaleBuildLock naming it."""
     root = extensions_root() if root is None else root
-    wait_seconds = WAIT_SECONDS if wait_seconds is None else wait_seconds
-    stale = [lock for lock in build_locks(root) if _stale(lock)]
-    if not stale:
-        return
-    say(f"waiting up to {wait_seconds:.0f} s for the build lock {stale[0]}: no process on this machine is "
-        "building there (INTERBERT_BUILD_LOCK_WAIT sets the wait)")
+    wait_seconds = lock_wait_seconds() if wait_seconds is None else wait_seconds
     deadline = time.monotonic() + wait_seconds
-    while stale and time.monotonic() < deadline:
-        time.sleep(min(1.0, wait_seconds))
-        stale = [lock for lock in stale if _stale(lock)]
-    if stale:
-        lock = stale[0]
-        raise StaleBuildLock(
-            f"{lock}: a build lock that no build holds (a start interrupted while DeepSpeed compiled its "
-            f"{lock.parent.name} op leaves one, and torch then waits for it forever); unless another machine "
-            f"sharing {root} is building that op right now, remove it (rm {lock}) and start again, or rebuild "
-            "the ops first with ./run.sh setup")
+    waiting, announced = build_locks(root), set()
+    while waiting:
+        unheld = []
+        for lock in waiting:
+            state = lock_state(lock)
+            if state is None:
+                continue  # released: torch takes it afresh
+            age, holders = state
+            if holders:
+                say(f"the build lock {lock} ({age:.0f} s old) is held by {describe_processes(holders)}: the start "
+                    "waits for that build, as torch does")
+                continue
+            if lock not in announced:
+                announced.add(lock)
+                say(f"waiting up to {wait_seconds:.0f} s for the build lock {lock} ({age:.0f} s old): no process on "
+                    f"this machine holds it or builds there; a build on another machine sharing {root} may still "
+                    "release it (INTERBERT_BUILD_LOCK_WAIT sets the wait)")
+            unheld.append((lock, age))
+        if not unheld:
+            return
+        if time.monotonic() >= deadline:
+            lock, age = unheld[0]
+            raise StaleBuildLock(
+                f"{lock}: a build lock that no build holds ({age:.0f} s old, waited {wait_seconds:.0f} s; a start "
+                f"interrupted while DeepSpeed compiled its {lock.parent.name} op leaves one, and torch then waits "
+                f"for it forever); unless another machine sharing {root} is building that op right now, remove it "
+                f"(rm {lock}) and start again, or rebuild the ops first with ./run.sh setup")
+        waiting = [lock for lock, _ in unheld]
+        time.sleep(max(min(POLL_SECONDS, deadline - time.monotonic()), 0.0))
 
 
 def cpu_op_builders() -> dict:
@@ -156,7 +202,7 @@ def build_cuda_ops(say=print, toolchain=None, build=None) -> list[str]:
     started = time.perf_counter()
     try:
         (build or load_fused_adam)()
-    except Exception as error:  # the compiler's own output is above
+    except Exception as error:  # noqa: BLE001 - any failed build falls back to torch; the compiler said why above
         first = (str(error).strip().splitlines() or [""])[0]
         say(f"FusedAdam: the build with {toolchain.nvcc} failed ({type(error).__name__}: {first}); CUDA runs "
             "use torch.optim.AdamW(fused=True) instead")

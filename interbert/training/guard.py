@@ -3,9 +3,11 @@ final model is written from diverged weights.
 
 Judged step by step when the loop reads its sums (every flush, and always before a checkpoint):
 - a loss spike: the step's loss above `spike_factor` x the median of the previous good steps' losses
-  (up to `HISTORY` of them; judged once `spike_history` steps are known, so a short warm-up of
-  falling losses is never a spike);
-- a non-finite gradient norm in fp32/bf16 (in fp16 that is an overflow the loss scaler skips);
+  (up to `HISTORY` of them; judged once `spike_history` steps are known: 3 by default, so a run
+  that blows up in its first steps is caught there, and one odd early step does not set the bar);
+- in fp32/bf16, a non-finite gradient norm, or a step DeepSpeed skipped: its ZeRO optimizer skips
+  the update of a step whose gradients are not finite in bf16 too ("OVERFLOW! Skipping step"), which
+  is a divergence there, not an overflow a loss scaler recovers from;
 - in fp16, more than `max_skipped_steps` consecutive skipped steps (a loss scale that cannot
   recover skips forever).
 """
@@ -21,7 +23,7 @@ HISTORY = 100
 @dataclass(frozen=True)
 class GuardSettings:
     spike_factor: float = 10.0  # 0: no spike check
-    spike_history: int = 20
+    spike_history: int = 3
     max_skipped_steps: int = 50  # 0: no limit
 
 
@@ -43,6 +45,9 @@ class DivergenceGuard:
         None when the engine does not compute one (no clipping and no ZeRO)."""
         skipped = self.last_skipped_total is not None and skipped_total > self.last_skipped_total
         self.last_skipped_total = skipped_total
+        if skipped and not self.loss_scaling:
+            norm = "" if grad_norm is None else f" (the gradient norm is {grad_norm:g})"
+            raise Diverged(step, f"the gradients were not finite{norm}: DeepSpeed skipped the update")
         if skipped:
             self.skipped_streak += 1
             limit = self.settings.max_skipped_steps

@@ -24,7 +24,7 @@ import torch
 from interbert.evaluation.retrieval import to_device
 from interbert.training import checkpoint
 from interbert.training.batches import fetch_across_epochs
-from interbert.training.distributed import ControlChannel, DistributedEnvironment, all_reduce_sum, barrier
+from interbert.training.distributed import ControlChannel, DistributedEnvironment, all_reduce_sum
 from interbert.training.guard import Diverged, DivergenceGuard, GuardSettings
 from interbert.training.monitor import Monitor, StepTimer, format_duration
 from interbert.training.objective import Objective
@@ -99,11 +99,10 @@ class TrainingLoop:
     def save(self) -> Path:
         self.flush()
         path = checkpoint.save(self.engine, self.checkpoint_dir, step=self.step, epoch=self.epoch,  # judged: kept
-                               sampler_state=self.loader.state_dict(), keep_last=self.schedule.keep_last,
-                               rank=self.env.rank, extra=self.objective.checkpoint_extra(),
-                               precision=self.precision.name)
+                               sampler_state=self.loader.state_dict(), rank=self.env.rank,
+                               extra=self.objective.checkpoint_extra(), precision=self.precision.name)
         self.objective.save_state(path, self.env.rank)
-        barrier()
+        checkpoint.commit(self.checkpoint_dir, self.step, keep_last=self.schedule.keep_last, rank=self.env.rank)
         self.last_saved_step = self.step
         self.monitor.print(f"checkpoint saved: {path}")
         return path
@@ -119,6 +118,10 @@ class TrainingLoop:
         self.objective.load_state(folder, self.env.rank)
         self.last_saved_step = self.step
         self.monitor.print(f"resumed from {folder} at step {self.step}, epoch {self.epoch}")
+        rate, saved = state["learning_rates"][0], state["saved_learning_rates"][0]
+        if rate != saved:
+            self.monitor.print(f"learning rate: step {self.step + 1} trains at {rate:.3g} from this run's configuration "
+                               f"(the checkpoint's optimizer was at {saved:.3g})")
         if state["saved_world_size"] != self.env.world_size:
             self.monitor.print(f"the checkpoint was written by {state['saved_world_size']} rank(s), this run has "
                                f"{self.env.world_size}: loaded through DeepSpeed's universal checkpoint, the data "
@@ -261,10 +264,10 @@ class TrainingLoop:
             return self._steps(timer, start_step, run_start)
         except NonFiniteLoss as error:
             self._flush_quietly()
-            self.monitor.print(f"non-finite loss: {error}; {self._last_good(error_step=self.step + 1)}")
+            self.monitor.print(f"non-finite loss: {error}; {self._back_to_last_good(self.step + 1, 'non-finite-loss')}")
         except Diverged as error:
             self.monitor.print(f"the run diverged at {error}; stopped without saving; "
-                               f"{self._last_good(error_step=error.step)}")
+                               f"{self._back_to_last_good(error.step, 'diverged')}")
         self.monitor.flush()
         return EXIT_NONFINITE
 
@@ -299,15 +302,17 @@ class TrainingLoop:
         except Diverged:
             pass
 
-    def _last_good(self, error_step: int) -> str:
-        """The newest checkpoint that is good: the loss of step N is computed with the weights of
-        checkpoint N-1, so that one already holds what went wrong."""
-        good = [step for step, _ in checkpoint.list_checkpoints(self.checkpoint_dir) if step < error_step - 1]
-        if not good:
-            return "no checkpoint from before it exists"
-        return (f"the last good checkpoint is {checkpoint.tag_for(good[-1])} in {self.checkpoint_dir} (to resume "
-                f"from it: echo {checkpoint.tag_for(good[-1])} > {self.checkpoint_dir / 'latest'}, then --resume, "
-                "e.g. with a lower learning rate, gradient clipping or fp32)")
+    def _back_to_last_good(self, error_step: int, why: str) -> str:
+        """The loss of step N is computed with the weights of checkpoint N-1, so that one (and any later)
+        already holds what went wrong: they are set aside and `latest` names the last good one."""
+        good, moved = checkpoint.set_aside(self.checkpoint_dir, error_step, f"set-aside-{why}-at-step{error_step}",
+                                           self.env.rank)
+        aside = f" ({', '.join(path.name for path in moved)} kept aside)" if moved else ""
+        if good is None:
+            return f"no checkpoint from before it exists{aside}; start again with a lower learning rate"
+        return (f"{self.checkpoint_dir / 'latest'} now names the last good checkpoint, {good.name}{aside}; to go on "
+                "from it: --resume with a lower learning rate, gradient clipping or fp32 in the config (the resumed "
+                "run trains at the config's schedule)")
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:

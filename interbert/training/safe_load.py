@@ -6,10 +6,11 @@ command on ``--resume``. ``weights_only_load`` replaces that read for the engine
 engine: torch's weights-only unpickler (tensors, containers, numbers, strings) plus an explicit
 allow-list of the few classes that DeepSpeed and our client state put into checkpoints (listed
 in ``ALLOWED_GLOBALS``, found with ``torch.serialization.get_unsafe_globals_in_checkpoint`` on
-the checkpoints of every precision this project writes). Anything else is refused with the file
-and the global named. Chosen over a manifest of hashes written by the run: a manifest proves the
-files are unchanged, not that whoever wrote them is trusted, and a copied-in checkpoint would
-need one too.
+the checkpoints of every precision this project writes). Anything else is refused with one
+line naming the file and the global, in this project's words (torch's own message advises
+loading the file unsafely, and is never passed on). Chosen over a manifest of hashes written by
+the run: a manifest proves the files are unchanged, not that whoever wrote them is trusted, and
+a copied-in checkpoint would need one too.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from interbert.errors import UserError
+from interbert.modeling.checkpoint_files import refused_global
 
 try:  # numpy >= 2
     from numpy._core import multiarray as _multiarray
@@ -52,14 +54,13 @@ def weights_only_load(path, map_location=None):
     try:
         with torch.serialization.safe_globals(allowed_globals()):
             return _torch_load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        parts = [part.strip() for part in str(error).split("\n\n") if part.strip()]
-        # torch's message: a preamble, the refused global, a pointer to its documentation
-        reason = next((part for part in parts if "GLOBAL" in part), parts[1] if len(parts) > 1 else str(error))
+    except pickle.UnpicklingError as error:  # torch's text advises the unsafe load: never passed on
+        name = refused_global(error)
+        holds = (f"the Python global {name}, which unpickling would import and could run," if name else
+                 "pickled objects that unpickling could run as code,")
         raise UnsafeCheckpointError(
-            f"{path}: refused to load: the file holds more than weights and plain state ({reason}); a "
-            "checkpoint from elsewhere could run code when unpickled. Resume only from checkpoints your "
-            "runs wrote") from None
+            f"{path}: refused to load: the file holds {holds} where a checkpoint holds only weights and plain "
+            "state. Resume only from checkpoints your own runs wrote") from None
 
 
 def load_checkpoints_safely(engine) -> None:

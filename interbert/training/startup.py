@@ -41,7 +41,7 @@ class RunSettings:
     seed: int = 42
     local_rank: int | None = None
     loss_spike_factor: float = 10.0
-    loss_spike_history: int = 20
+    loss_spike_history: int = 3
     max_skipped_steps: int = 50
     rank_timeout: float = 300.0
 
@@ -112,8 +112,8 @@ def _add_guard_arguments(group) -> None:
     group.add_argument("--loss-spike-factor", type=float, default=10.0,
                        help="stop when a step's loss exceeds this many times the median of the previous steps' "
                             "(default 10; 0: never)")
-    group.add_argument("--loss-spike-history", type=int, default=20,
-                       help="steps of loss history before spikes are judged (default 20)")
+    group.add_argument("--loss-spike-history", type=int, default=3,
+                       help="steps of loss history before spikes are judged (default 3)")
     group.add_argument("--max-skipped-steps", type=int, default=50,
                        help="fp16: stop after this many consecutive steps skipped by the loss scaler "
                             "(default 50; 0: never)")
@@ -169,8 +169,9 @@ def check_checkpoint_folder(job: Job) -> None:
         raise UsageError(f"{run.checkpoint_dir} already holds checkpoints: pass --resume to continue "
                          "that run, or choose another --output-dir")
     if run.resume:
-        from interbert.training.checkpoint import check_precision
+        from interbert.training.checkpoint import check_latest, check_precision
 
+        check_latest(run.checkpoint_dir)  # every file there and complete, or the newest complete one named
         check_precision(run.checkpoint_dir, job.precision.name)
 
 

@@ -94,14 +94,21 @@ class Heartbeat:
         self.rank, self.world_size, self.timeout, self.interval = rank, world_size, timeout, interval
         self.prefix = f"interbert/heartbeat/{os.environ.get('MASTER_PORT', '')}"
         self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def stop(self) -> None:
-        """Training is over: the ranks leave at their own pace, and rank 0's exit takes the store with it."""
+    def stop(self, wait: float = 10.0) -> None:
+        """Training is over: the ranks leave at their own pace, and rank 0's exit takes the store with it.
+        Waits (at most `wait` seconds) for the thread to leave the store: a daemon thread still inside a
+        store call when the interpreter exits is ended mid-C++ and aborts the process ("terminate called
+        without an active exception", exit -6)."""
         self._stopped.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(wait)
 
     def start(self) -> "Heartbeat":
         if self.world_size > 1 and self.timeout > 0:
-            threading.Thread(target=self._run, name="interbert-heartbeat", daemon=True).start()
+            self._thread = threading.Thread(target=self._run, name="interbert-heartbeat", daemon=True)
+            self._thread.start()
         return self
 
     def _store(self, timeout: float | None = None):

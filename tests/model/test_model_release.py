@@ -4,12 +4,18 @@
 (shared/reference/release-checkpoint.md) that reads the raw released state_dict: additive
 -10000 masks, regions first, ITM class 0 = matched. The converted model must agree with it.
 """
+from __future__ import annotations
+
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 from interbert.cli import main
 from interbert.config import InterBertConfig
@@ -55,9 +61,9 @@ def release_layout(config: InterBertConfig | None = None) -> dict[str, tuple[int
 def random_release_state(layout, seed=0):
     generator = torch.Generator().manual_seed(seed)
     state = {key: torch.randn(shape, generator=generator) * 0.05 for key, shape in layout.items()}
-    for key in state:
+    for key, value in state.items():
         if key.endswith("LayerNorm.weight"):
-            state[key] = 1 + state[key]
+            state[key] = 1 + value
     state["cls.predictions.decoder.weight"] = state["bert.embeddings.word_embeddings.weight"]
     return state
 
@@ -257,3 +263,74 @@ def test_a_release_vil_logit_of_another_width_is_refused(tmp_path, release_like_
     convert_release(tmp_path / "finetuned.bin", tmp_path / "out", release_like_config)
     with pytest.raises(ValueError, match=r"release_task_heads\.safetensors: vil_logit\.weight has shape"):
         InterBertForFinetuning.from_pretrained(tmp_path / "out", TaskSpec("vcr", "multiple_choice"))
+
+
+# ----------------------------------------------------------------- files the CLI cannot use
+REPO = Path(__file__).resolve().parents[2]
+UNSAFE_ADVICE = ("weights_only", "re-run torch.load", "Weights only load failed")
+
+
+def convert_release_cli(checkpoint: Path, out: Path) -> subprocess.CompletedProcess:
+    """`python -m interbert convert-release`, exactly as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "interbert", "convert-release", "--out", str(out), str(checkpoint)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+
+
+def one_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert not any(advice in lines[0] for advice in UNSAFE_ADVICE), lines[0]
+    return lines[0]
+
+
+def write_release(path: Path, config, writer: str) -> Path:
+    """The released layout written by a real writer: torch.save (zip, or the pre-zip format of
+    older torch releases) or safetensors."""
+    state = {"module." + key: value for key, value in random_release_state(release_layout(config)).items()}
+    if writer == "safetensors":
+        save_file({key: value.clone() for key, value in state.items()}, str(path))  # the tied decoder: a copy
+    else:
+        torch.save(state, path, _use_new_zipfile_serialization=writer == "torch.save")
+    return path
+
+
+@pytest.mark.parametrize("name, writer, cut", [
+    ("pytorch_model_9.bin", "torch.save", "half"),
+    ("pytorch_model_9.bin", "torch.save", "size-10"),
+    ("pytorch_model_9.bin", "torch.save (pre-zip)", "half"),
+    ("pytorch_model_9.safetensors", "safetensors", "half"),
+    ("pytorch_model_9.safetensors", "safetensors", "size-10"),
+])
+def test_a_release_file_cut_short_is_named_incomplete_with_its_size(tmp_path, release_like_config, name, writer, cut):
+    release = write_release(tmp_path / name, release_like_config, writer)
+    data = release.read_bytes()
+    keep = len(data) // 2 if cut == "half" else len(data) - 10
+    release.write_bytes(data[:keep])  # a download cut short
+
+    line = one_line(convert_release_cli(release, tmp_path / "model"))
+    assert line.startswith(f"interbert convert-release: {release}: incomplete: "), line
+    assert f"ends at byte {keep:,}" in line
+    assert "download or copy it again, and check that its size matches the source's" in line
+    assert not (tmp_path / "model").exists()
+
+
+class RunsACommand:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_release_file_that_carries_code_is_refused_naming_the_global(tmp_path, release_like_config):
+    state = random_release_state(release_layout(release_like_config))
+    marker = tmp_path / "the-payload-ran"
+    state["bert.embeddings.word_embeddings.weight"] = RunsACommand(str(marker))
+    release = tmp_path / "pytorch_model_9.bin"
+    torch.save(state, release)
+
+    line = one_line(convert_release_cli(release, tmp_path / "model"))
+    assert f"{release}: refused to load: the file holds the Python global posix.system" in line
+    assert not marker.exists() and not (tmp_path / "model").exists()

@@ -16,6 +16,7 @@ USER_ERRORS = [
     "interbert.training.precision.PrecisionError",
     "interbert.training.corpus.CorpusError",
     "interbert.training.safe_load.UnsafeCheckpointError",
+    "interbert.training.checkpoint.CheckpointIncomplete",
     "interbert.finetuning.glue.GlueFormatError",
     "interbert.finetuning.settings.SettingsError",
     "interbert.finetuning.vcr.VcrFormatError",
@@ -29,6 +30,7 @@ USER_ERRORS = [
     "interbert.data.feature_store.MissingImageError",
     "interbert.data.feature_store.CorruptRecordError",
     "interbert.data.feature_store.LegacyStoreError",
+    "interbert.data.input_streams.InputError",
     "interbert.modeling.checkpoint_files.ModelFileError",
 ]
 
