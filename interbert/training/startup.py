@@ -12,6 +12,7 @@ Entry points pass typed `RunSettings`, never argparse Namespaces.
 """
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import random
@@ -185,6 +186,7 @@ def start(job: Job, checks: Sequence[Callable[[], None]] = ()):
 
     if job.placement.launcher != "single process":
         install_console(job.run.output_dir, job.placement.rank)  # prints survive a closed ssh session
+        faulthandler.enable()  # a rank that dies in native code (SIGSEGV, an abort) prints every thread's stack
 
     check_build_locks(job.say)  # the process group's start may compile an op: never wait on a dead build
     timeout = job.run.rank_timeout + 60 if job.run.rank_timeout else None  # the watchdog speaks first
