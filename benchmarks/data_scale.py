@@ -39,12 +39,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from interbert.data.conversion import ConversionOptions  # noqa: E402
-from interbert.data.detections import decode_base64  # noqa: E402
-from interbert.data.feature_store import FeatureStore  # noqa: E402
-from interbert.data.record_format import RegionRecord, encode_record  # noqa: E402
-from interbert.data.store_writer import FeatureStoreWriter  # noqa: E402
-from interbert.data.tsv import convert_tsv  # noqa: E402
+from interbert.data.ingest.conversion import ConversionOptions  # noqa: E402
+from interbert.data.ingest.detections import decode_base64  # noqa: E402
+from interbert.data.ingest.formats.tsv import convert_tsv  # noqa: E402
+from interbert.data.store.reader import FeatureStore  # noqa: E402
+from interbert.data.store.record_format import RegionRecord, encode_record  # noqa: E402
+from interbert.data.store.writer import FeatureStoreWriter  # noqa: E402
 
 FEATURE_SIZE = 2048
 # Images with detector features: Conceptual Captions (train + val as downloadable, ~3.3M), SBU (~0.86M
@@ -229,8 +229,9 @@ def report(figures: dict) -> None:
             print(f"  store on {place} (writing and fsyncing the same bytes alone: "
                   f"{part['disk_floor_images_per_s'][place]:,.0f} images/s):")
             for run in runs:
-                print(f"    --workers {run['workers']}: {run['images_per_s']:,.0f} images/s ({run['of_floor']:.2f}x the "
-                      f"floor, {run['images_per_s'] / runs[0]['images_per_s']:.2f}x one worker), "
+                print(f"    --workers {run['workers']}: {run['images_per_s']:,.0f} images/s "
+                      f"({run['of_floor']:.2f}x the floor, "
+                      f"{run['images_per_s'] / runs[0]['images_per_s']:.2f}x one worker), "
                       f"{run['bytes_per_image'] / 1024:,.1f} KiB/image")
     print("\nrandom reads, µs per record | records | store GiB | first read in the process | bytes only | get "
           "(read + checksum + decode)")

@@ -22,13 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from interbert.data.feature_store import FeatureStore, forget_environment
-from interbert.data.store_writer import FeatureStoreWriter
-from interbert.data.loader import build_loader
-from interbert.data.manifests import write_manifest
-from interbert.data.pretraining_dataset import PretrainingDataset
-from interbert.data.record_format import RegionRecord
-from interbert.data.synth import OBJECT_WORDS, synth_captions
+from interbert.data.ingest.synth import OBJECT_WORDS, synth_captions
+from interbert.data.loading.loader import build_loader
+from interbert.data.pretraining.dataset import PretrainingDataset
+from interbert.data.store.environment_cache import forget_environment
+from interbert.data.store.reader import FeatureStore
+from interbert.data.store.record_format import RegionRecord
+from interbert.data.store.writer import FeatureStoreWriter
+from interbert.data.text.manifests import write_manifest
 
 
 def build_corpus(out: Path, images: int, regions: int, seed: int = 0) -> tuple:

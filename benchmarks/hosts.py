@@ -308,7 +308,7 @@ def corpus_paths(args, work: Path) -> tuple[str, str]:
     """--features/--captions, or a synthetic corpus of 64 training images made in `work`."""
     if args.features:
         return str(Path(args.features).resolve()), str(Path(args.captions).resolve())
-    from interbert.data.synth import synthesize_corpus
+    from interbert.data.ingest.synth import synthesize_corpus
 
     root = work / "corpus"
     if not (root / "captions.jsonl").is_file():
@@ -319,7 +319,7 @@ def corpus_paths(args, work: Path) -> tuple[str, str]:
 def pretrain_argv(args, config: Path, features: str, captions: str, output: Path) -> list[str]:
     """interbert/pretrain.py's arguments: no validation, no periodic checkpoint, one log flush at the end
     (so no timed step holds it)."""
-    from interbert.data.tokenization import default_vocab_file
+    from interbert.data.text.tokenization import default_vocab_file
 
     return ["--deepspeed_config", str(config), "--preset", args.preset, "--features", features,
             "--captions", captions, "--output-dir", str(output), "--num-workers", "0", "--eval-images", "0",

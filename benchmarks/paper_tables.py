@@ -43,9 +43,9 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from interbert.config import PRESETS, InterBertConfig  # noqa: E402
-from interbert.data.retrieval import RetrievalCorpus  # noqa: E402
-from interbert.data.synth import synthesize_corpus  # noqa: E402
-from interbert.data.tokenization import default_vocab_file  # noqa: E402
+from interbert.data.ingest.synth import synthesize_corpus  # noqa: E402
+from interbert.data.retrieval.corpus import RetrievalCorpus  # noqa: E402
+from interbert.data.text.tokenization import default_vocab_file  # noqa: E402
 from interbert.evaluation.metrics import chance_metrics  # noqa: E402
 
 RECALLS = ("t2i_r@1", "t2i_r@5", "t2i_r@10")

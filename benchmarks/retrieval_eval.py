@@ -10,17 +10,17 @@ for each caption, batches of 500 images, the caption repeated 500 times, through
 ordinary forward. The release's model is a ViLBERT fork whose forward runs all pretraining heads
 on every call (`self.cls(...)`: vocabulary logits at every text position, class logits at every
 region, then the ITM logits the evaluation keeps), so the loop does that too; a second row times
-the same loop with the ITM head only, and the output gives our speed-up against both. Ours: `interbert.evaluation.full_retrieval.evaluate_full_retrieval`
-(region and text embeddings and the first interaction layer's projections once per image /
-caption, the last extraction layers computed for token 0 only, pairs grouped into buckets of one
-caption length × one region count so that none is padded and attention needs no mask, every pair
-scored), once per `--precisions` entry: "exact" (the model's fp32) and "bf16" (a bfloat16 copy of
-the weights), each its own row; the bf16 row also counts the captions and images whose rank of
-their own match differs from the exact row. Both score
-all C×I pairs of `--images` images. The released-style loop runs at its own operating point,
-500 images per forward, so it gets `--released-images` (default 500) images of the same
-synthetic distribution and is timed on `--released-captions` captions against all of them
-(pairs/s does not depend on how many captions are timed). Scores of the captions both score
+the same loop with the ITM head only, and the output gives our speed-up against both. Ours:
+`interbert.evaluation.full_retrieval.evaluate_full_retrieval` (region and text embeddings and the
+first interaction layer's projections once per image / caption, the last extraction layers
+computed for token 0 only, pairs grouped into buckets of one caption length × one region count so
+that none is padded and attention needs no mask, every pair scored), once per `--precisions`
+entry: "exact" (the model's fp32) and "bf16" (a bfloat16 copy of the weights), each its own row;
+the bf16 row also counts the captions and images whose rank of their own match differs from the
+exact row. Both score all C×I pairs of `--images` images. The released-style loop runs at its own
+operating point, 500 images per forward, so it gets `--released-images` (default 500) images of
+the same synthetic distribution and is timed on `--released-captions` captions against all of
+them (pairs/s does not depend on how many captions are timed). Scores of the captions both score
 are compared.
 
 `--device` (default: cuda when PyTorch sees one, else cpu) holds the model and every tensor;
@@ -46,14 +46,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from interbert.config import PRESETS, InterBertConfig  # noqa: E402
-from interbert.data.retrieval import RetrievalCorpus  # noqa: E402
-from interbert.data.synth import synthesize_corpus  # noqa: E402
-from interbert.evaluation.metrics import image_to_text_ranks, text_to_image_ranks  # noqa: E402
+from interbert.data.ingest.synth import synthesize_corpus  # noqa: E402
+from interbert.data.retrieval.corpus import RetrievalCorpus  # noqa: E402
 from interbert.evaluation.bucket_scoring import PRECISIONS  # noqa: E402
 from interbert.evaluation.full_retrieval import evaluate_full_retrieval, format_result  # noqa: E402
+from interbert.evaluation.metrics import image_to_text_ranks, text_to_image_ranks  # noqa: E402
 from interbert.modeling import InterBertForPretraining  # noqa: E402
 from interbert.modeling.heads import ITM_MATCHED  # noqa: E402
-
 
 RELEASED_HEADS = ("all", "itm")
 
@@ -212,8 +211,8 @@ def main(argv=None) -> int:
                                       "itm", device)
             runs = {}
             for weights in args.precisions:
-                runs[weights] = evaluate_full_retrieval(model, corpus, device=device, pair_batch=args.pair_batch or None,
-                                                        precision=weights)
+                runs[weights] = evaluate_full_retrieval(model, corpus, device=device,
+                                                        pair_batch=args.pair_batch or None, precision=weights)
                 print(format_result(runs[weights]))
             loops = {}
             for heads in RELEASED_HEADS:
@@ -256,9 +255,11 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({
-            "model": args.model or f"{args.preset} preset", "images": images, "captions": captions, "threads": torch.get_num_threads(),
+            "model": args.model or f"{args.preset} preset", "images": images, "captions": captions,
+            "threads": torch.get_num_threads(),
             "device": str(device), "device_name": device_name(device), "precision": run_precision, "autocast": autocast,
-            "released": {"pairs": released.numel(), "seconds": released_seconds, "images": len(released_corpus.image_ids),
+            "released": {"pairs": released.numel(), "seconds": released_seconds,
+                         "images": len(released_corpus.image_ids),
                          "pairs_per_second": released_pairs_per_second, "images_per_batch": args.released_batch,
                          "heads": "all (vocabulary logits at every text position, class logits at every region, ITM)"},
             "released_itm_only": {"pairs": loops["itm"][0].numel(), "seconds": loops["itm"][1],

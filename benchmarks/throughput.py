@@ -28,17 +28,16 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from memory_meter import SavedTensorMeter, model_state_bytes  # noqa: E402
+from v100_plan import PlanAssumptions, plan  # noqa: E402
 
 from interbert.config import PRESETS, InterBertConfig  # noqa: E402
 from interbert.modeling import InterBertForPretraining  # noqa: E402
 from interbert.modeling.layer_norm import layer_norm_implementation  # noqa: E402
 from interbert.modeling.parameters import count_parameters  # noqa: E402
-from interbert.training.flops import batch_flops, measured_matmul_peak, device_peak, sample_flops  # noqa: E402
+from interbert.training.flops import batch_flops, device_peak, measured_matmul_peak, sample_flops  # noqa: E402
 from interbert.training.optimizer import adapt_to_device, describe_optimizer, parameter_groups  # noqa: E402
 from interbert.training.precision import resolve_precision  # noqa: E402
-
-from memory_meter import SavedTensorMeter, model_state_bytes  # noqa: E402
-from v100_plan import PlanAssumptions, plan  # noqa: E402
 
 MIB = 1024 ** 2
 # the paper's setup (ZeRO-1, fp16; bf16 on a CPU) and the same hyper-parameters with the ZeRO-1
@@ -67,9 +66,11 @@ def synthetic_batch(config: InterBertConfig, micro: int, text_tokens: int, regio
     batch["msm_labels"] = batch["input_ids"].masked_fill(~words, -100)
     masked = torch.rand(micro, regions, generator=g) < 0.10
     masked[:, 0] = False
-    batch["mrm_labels"] = torch.randint(0, config.num_region_classes, (micro, regions), generator=g).masked_fill(~masked, -100)
+    batch["mrm_labels"] = torch.randint(0, config.num_region_classes, (micro, regions),
+                                        generator=g).masked_fill(~masked, -100)
     if config.mrm_loss == "kl":
-        batch["mrm_soft_labels"] = torch.softmax(torch.randn(micro, regions, config.num_region_classes, generator=g), -1)
+        batch["mrm_soft_labels"] = torch.softmax(
+            torch.randn(micro, regions, config.num_region_classes, generator=g), -1)
     return batch
 
 
@@ -79,8 +80,9 @@ def batch_source(args, config: InterBertConfig, micro: int):
         batch = synthetic_batch(config, micro, args.text_tokens, args.regions, args.seed)
         while True:
             yield batch
-    from interbert.data.loader import build_loader
-    from interbert.data.pretraining_dataset import PretrainingDataset, PretrainingTasks
+    from interbert.data.loading.loader import build_loader
+    from interbert.data.pretraining.dataset import PretrainingDataset
+    from interbert.data.pretraining.tasks import PretrainingTasks
 
     tasks = PretrainingTasks(mrm_soft_labels=config.mrm_loss == "kl")
     dataset = PretrainingDataset(args.data, args.captions, args.vocab, split=None,
@@ -331,7 +333,8 @@ def environment(device, precision, peak) -> dict:
         name = torch.cuda.get_device_name(device)
     else:
         name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+                     if line.startswith("model name")), platform.processor()) \
+            if Path("/proc/cpuinfo").exists() else platform.processor()
         name = f"{name} ({torch.get_num_threads()} threads)"
     return {
         "device": name, "device_type": device.type, "precision": precision.name,
@@ -392,7 +395,8 @@ def print_plan(result, source_preset):
     print(f"  chosen micro-batch {result['micro_batch']} × accumulation {result['gradient_accumulation']} "
           f"× {a['gpus']} GPUs = {result['global_batch_check']}")
     print(f"  per-GPU samples/s on a V100       {result['v100_samples_per_s_per_gpu']:.1f}")
-    print(f"  {result['optimizer_steps']:,} optimizer steps; all-reduce {1000 * result['allreduce_seconds_per_step']:.1f} ms per step")
+    print(f"  {result['optimizer_steps']:,} optimizer steps; "
+          f"all-reduce {1000 * result['allreduce_seconds_per_step']:.1f} ms per step")
     print(f"  projected wall-clock: {result['wall_clock_hours']:.1f} h = {result['wall_clock_days']:.2f} days "
           f"(compute {result['compute_hours']:.1f} h + all-reduce {result['allreduce_hours']:.1f} h)")
 
@@ -509,9 +513,9 @@ def main(argv=None) -> int:
         gc.collect()
         others = []
         if args.baseline == BASELINE:
-            others.append(lambda: hf_eager(config, precision.name, device, args.grad_accum))
+            others.append(lambda name=precision.name: hf_eager(config, name, device, args.grad_accum))
         if args.without_engine:
-            others.append(lambda: ours_plain(config, args.ds_config, precision.name, device, args.grad_accum))
+            others.append(lambda name=precision.name: ours_plain(config, args.ds_config, name, device, args.grad_accum))
         for build in others:
             system = build()
             results.append(measure(system, batch_source(args, config, micro), config, micro, args, device, peak))

@@ -2,9 +2,11 @@
 by their owning modules.
 
 Each module in COMMAND_MODULES defines `register(subparsers)`, which adds its subcommands and
-sets `func` on each parser; `func(args)` returns the process exit status. Only the module that
-owns the command being run is imported (so `interbert data ...` starts without torch's model
-stack); `interbert --help` imports them all.
+sets `func` on each parser; `func(args)` returns the process exit status. The entry points in
+ENTRY_POINTS (the scripts the DeepSpeed launcher also runs) are registered here, from their
+`add_arguments` and `run_with_errors`, so that no package imports the scripts above it. Only the
+module that owns the command being run is imported (so `interbert data ...` starts without
+torch's model stack); `interbert --help` imports them all.
 """
 from __future__ import annotations
 
@@ -14,17 +16,22 @@ import sys
 
 from interbert import __version__
 
-# command name -> the module that registers it
+# command name -> the module that registers it (for ENTRY_POINTS: the entry-point script itself)
 COMMAND_MODULES = {
     "info": "interbert.modeling.commands",
     "convert-release": "interbert.modeling.commands",
-    "data": "interbert.data.commands",  # synth, the converters, captions, verify, migrate, merge
+    "data": "interbert.data.ingest.commands",  # synth, the converters, captions, verify, migrate, merge
     "evaluate": "interbert.evaluate",  # evaluate retrieval
-    "finetune": "interbert.finetuning.commands",
-    "pretrain": "interbert.training.commands",
+    "finetune": "interbert.finetune",
+    "pretrain": "interbert.pretrain",
     "configs": "interbert.resources",
     "cluster-env": "interbert.cluster.commands",
     "launch": "interbert.cluster.launch",
+}
+# the commands whose module is an entry-point script: command name -> help
+ENTRY_POINTS = {
+    "finetune": "fine-tune or evaluate on flickr30k, vcr or glue-NAME",
+    "pretrain": "pretrain with MSM, MRM and ITM in a DeepSpeed engine",
 }
 
 
@@ -43,9 +50,15 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     first = (argv or [""])[0]
-    modules = [COMMAND_MODULES[first]] if first in COMMAND_MODULES else list(dict.fromkeys(COMMAND_MODULES.values()))
-    for name in modules:
-        importlib.import_module(name).register(subparsers)
+    commands = [first] if first in COMMAND_MODULES else list(COMMAND_MODULES)
+    registered = set()
+    for command in commands:
+        name = COMMAND_MODULES[command]
+        if command in ENTRY_POINTS:
+            register_entry_point(subparsers, command, importlib.import_module(name), ENTRY_POINTS[command])
+        elif name not in registered:
+            importlib.import_module(name).register(subparsers)
+            registered.add(name)
     return parser
 
 

@@ -146,7 +146,7 @@ class InterBertConfig:
 
     # ------------------------------------------------------------------ presets
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "InterBertConfig":
+    def from_preset(cls, name: str, **overrides: Any) -> InterBertConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         values = dataclasses.asdict(PRESETS[name]())
@@ -163,7 +163,7 @@ class InterBertConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "<dict>") -> "InterBertConfig":
+    def from_dict(cls, values: dict[str, Any], source: str = "<dict>") -> InterBertConfig:
         """Fields from ``values``. A ``model_type`` other than "interbert" is an error; keys this
         version does not know (a newer writer's, or a typo) are ignored with a warning naming them."""
         values = dict(values)
@@ -183,7 +183,7 @@ class InterBertConfig:
             raise ValueError(f"{source}: {error}") from None
 
     @classmethod
-    def from_json_file(cls, path: str | Path) -> "InterBertConfig":
+    def from_json_file(cls, path: str | Path) -> InterBertConfig:
         path = Path(path)
         try:
             values = json.loads(path.read_text())

@@ -22,11 +22,11 @@ from pathlib import Path
 def run_retrieval(args: argparse.Namespace) -> int:
     import torch
 
-    from interbert.data.tokenization import find_vocab
+    from interbert.data.text.tokenization import find_vocab
     from interbert.errors import UserError
+    from interbert.evaluation.full_retrieval import evaluate_full_retrieval
     from interbert.evaluation.metrics import format_table
     from interbert.evaluation.retrieval import build_retrieval_corpus
-    from interbert.evaluation.full_retrieval import evaluate_full_retrieval
     from interbert.modeling import InterBertForPretraining
 
     for flag, path, kind in (("--model", args.model, "dir"), ("--features", args.features, "dir"),

@@ -27,10 +27,9 @@ import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from interbert.config import PRESETS, InterBertConfig  # noqa: E402
-from interbert.data.tokenization import find_vocab  # noqa: E402
+from interbert.data.text.tokenization import find_vocab  # noqa: E402
 from interbert.errors import UsageError, run_reporting_user_errors  # noqa: E402
 from interbert.training.startup import add_run_arguments  # noqa: E402
-
 
 
 def build_parser(prog: str = "interbert/finetune.py") -> argparse.ArgumentParser:
@@ -71,8 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--num-workers", type=int, default=2, help="DataLoader workers per rank (default 2)")
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument("--eval-only", action="store_true", help="evaluate --init-model and exit")
-    evaluation.add_argument("--eval-batch-size", type=int, default=32, help="vcr/glue examples per forward (default 32)")
-    evaluation.add_argument("--pair-batch", type=int, default=0, help="flickr30k: pairs per forward (default 0: from memory)")
+    evaluation.add_argument("--eval-batch-size", type=int, default=32,
+                            help="vcr/glue examples per forward (default 32)")
+    evaluation.add_argument("--pair-batch", type=int, default=0,
+                            help="flickr30k: pairs per forward (default 0: from memory)")
     evaluation.add_argument("--two-stage-k", type=int, default=0,
                             help="flickr30k: also run the two-stage top-k re-ranking (default 0: off)")
     add_run_arguments(parser, keep_last=2, epochs_default="finetune.epochs of the config",
@@ -145,7 +146,7 @@ def run(args) -> int:
 
 
 def train(args, job, model, task, settings) -> int:
-    from interbert.data.loader import build_loader
+    from interbert.data.loading.loader import build_loader
     from interbert.finetuning.ema import ExponentialMovingAverage
     from interbert.finetuning.objective import FinetuneObjective
     from interbert.finetuning.settings import fill_schedule
@@ -154,9 +155,10 @@ def train(args, job, model, task, settings) -> int:
     from interbert.training.distributed import barrier
     from interbert.training.loop import Schedule, TrainingLoop
 
-    env, run, ds_config, precision, say = job.env, job.run, job.ds_config, job.precision, job.say
+    env, run, ds_config, precision, say = job.started, job.run, job.ds_config, job.precision, job.say
     micro = ds_config["train_micro_batch_size_per_gpu"]
-    steps_per_epoch = max(len(task.train_set) // (micro * env.world_size) // ds_config["gradient_accumulation_steps"], 1)
+    steps_per_epoch = max(
+        len(task.train_set) // (micro * env.world_size) // ds_config["gradient_accumulation_steps"], 1)
     max_steps = startup.plan_steps(run, ds_config, steps_per_epoch, settings.epochs, "finetune.epochs")
     for note in fill_schedule(ds_config, max_steps, settings):
         say(note)
@@ -196,7 +198,8 @@ def train(args, job, model, task, settings) -> int:
         if env.is_main:
             save_models(engine, job, model, frozen, ema, loop.step, args.vocab)
             if results is not None:
-                (run.output_dir / "results.json").write_text(json.dumps({"step": loop.step, **results}, indent=2) + "\n")
+                (run.output_dir / "results.json").write_text(
+                    json.dumps({"step": loop.step, **results}, indent=2) + "\n")
         barrier()
     monitor.close()
     return status
@@ -216,7 +219,7 @@ def save_models(engine, job, model, frozen, ema, step, vocab) -> None:
 
 
 def evaluate_only(args, model, task, job) -> int:
-    env, precision = job.env, job.precision
+    env, precision = job.started, job.precision
     model = model.to(env.device)
     if precision.name != "fp32":
         model = model.to(precision.dtype)

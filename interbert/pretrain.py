@@ -26,10 +26,9 @@ import argparse  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from interbert.config import PRESETS, InterBertConfig, parse_pretraining_tasks  # noqa: E402
-from interbert.data.tokenization import find_vocab  # noqa: E402
+from interbert.data.text.tokenization import find_vocab  # noqa: E402
 from interbert.errors import UsageError, run_reporting_user_errors  # noqa: E402
 from interbert.training.startup import add_run_arguments  # noqa: E402
-
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,7 +155,7 @@ def train(args, job, model_config) -> int:
     from interbert.training.loop import Schedule, TrainingLoop
     from interbert.training.pretraining_objective import PretrainingObjective
 
-    env, run, ds_config, precision = job.env, job.run, job.ds_config, job.precision
+    env, run, ds_config, precision = job.started, job.run, job.ds_config, job.precision
     data = build_run_data(
         features=args.features, captions=args.captions, vocab=args.vocab,
         model_config=model_config, micro_batch=ds_config["train_micro_batch_size_per_gpu"],
@@ -183,7 +182,7 @@ def train(args, job, model_config) -> int:
     peak = device_peak(env.device, precision.dtype)
     monitor = startup.make_monitor(job, "pretrain")
     describe_run(job, monitor, args, model_config, optimizer, layer_norm, peak, max_steps, steps_per_epoch,
-                 len(data.train.dataset))
+                 len(data.train_set))
     objective = PretrainingObjective(model_config, device=env.device, dtype=precision.dtype,
                                      validation_loader=data.validation, retrieval_corpus=retrieval)
     loop = TrainingLoop(engine=engine, objective=objective, loader=data.train, monitor=monitor, env=env,
@@ -212,7 +211,7 @@ def describe_run(job, monitor, args, model_config, optimizer, layer_norm, peak, 
     from interbert.training import startup
     from interbert.training.ds_config import scheduler_total_steps
 
-    env, ds_config, precision = job.env, job.ds_config, job.precision
+    env, ds_config, precision = job.started, job.ds_config, job.precision
     summary = {
         "arguments": vars(args), "world_size": env.world_size, "launcher": env.launcher,
         "device": str(env.device), "precision": precision.name,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional
 
 KINDS = ("ds_configs", "hostfiles")
 
@@ -31,7 +30,7 @@ def shipped(kind: str) -> dict:
     return found
 
 
-def find_shipped(name: str, kind: Optional[str] = None) -> Optional[Path]:
+def find_shipped(name: str, kind: str | None = None) -> Path | None:
     """The shipped file called ``name`` (a bare name, or ``ds_configs/NAME``), or None."""
     path = Path(name)
     kinds = [kind] if kind else ([path.parent.name] if path.parent.name in KINDS else list(KINDS))

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from interbert.data.padding import pad_regions
-from interbert.data.regions import select_regions
-from interbert.evaluation.metrics import chance_metrics, format_table, retrieval_metrics
+from interbert.data.loading.padding import pad_regions
+from interbert.data.loading.regions import select_regions
 from interbert.evaluation.bucket_scoring import BucketScorer, length_groups, model_in_precision
+from interbert.evaluation.metrics import chance_metrics, format_table, retrieval_metrics
 from interbert.evaluation.pair_scoring import Embedded, PairEmbedder, embed_in_chunks, pairs_per_batch
 
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of transient activations per forward pass

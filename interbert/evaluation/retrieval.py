@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from interbert.data.pretraining_dataset import DatasetError
-from interbert.data.retrieval import RetrievalCorpus
+from interbert.data.dataset_error import DatasetError
+from interbert.data.retrieval.corpus import RetrievalCorpus
 
 
 def to_device(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:

@@ -1,4 +1,4 @@
-"""Batches of the fine-tuning tasks (their loader is the one of every run, `interbert.data.loader`).
+"""Batches of the fine-tuning tasks (their loader is the one of every run, `interbert.data.loading.loader`).
 
 A sample is a dict; the collate functions pad it into the batch keys of docs/design.md plus
 `labels`. Multiple-choice batches hold B×K×T text and B×K×R region tensors. Keys starting with
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from interbert.data.padding import pad_regions, pad_texts
+from interbert.data.loading.padding import pad_regions, pad_texts
 
 COUNT_PREFIX = "count_"
 

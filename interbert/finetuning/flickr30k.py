@@ -29,15 +29,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from interbert.data.feature_store import FeatureStore
-from interbert.data.manifests import read_manifest
-from interbert.data.pretraining_dataset import DatasetError
-from interbert.data.regions import fill_global_token, image_inputs
-from interbert.data.tokenization import load_tokenizer, tokenize_captions
-from interbert.data.padding import pad_regions, pad_texts
-from interbert.finetuning.batching import sample_rng
+from interbert.data.dataset_error import DatasetError
+from interbert.data.loading.padding import pad_regions, pad_texts
+from interbert.data.loading.regions import fill_global_token, image_inputs
+from interbert.data.store.reader import FeatureStore
+from interbert.data.text.manifests import read_manifest
+from interbert.data.text.tokenization import load_tokenizer, tokenize_captions
 from interbert.evaluation.full_retrieval import score_all_pairs
 from interbert.evaluation.pair_scoring import PairEmbedder, embed_in_chunks
+from interbert.finetuning.batching import sample_rng
 
 NOT_MINED = -1
 HARD_KINDS = ("mined-images", "release-captions")
@@ -59,7 +59,7 @@ class HardCaptionPool:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "HardCaptionPool":
+    def load(cls, path: str | Path) -> HardCaptionPool:
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, ValueError) as error:
@@ -105,8 +105,9 @@ class Flickr30kTrainSet(torch.utils.data.Dataset):
         # Shared with forked DataLoader workers: the miner's updates reach them without a restart.
         self.hard_negatives = torch.full((len(self.texts),), NOT_MINED, dtype=torch.long).share_memory_()
         self.epoch = 0
-        self._store = None
-        self.hard_captions = None if hard_captions is None else self._check_pool(hard_captions, manifest, split)
+        self._store: FeatureStore | None = None
+        self.hard_captions: list | None = (None if hard_captions is None
+                                           else self._check_pool(hard_captions, manifest, split))
 
     def _check_pool(self, pool: HardCaptionPool, manifest, split: str) -> list:
         """Per image index, its pool's caption indices (empty: none); the pool must be of this split."""
@@ -157,7 +158,7 @@ class Flickr30kTrainSet(torch.utils.data.Dataset):
         other_caption = self._other_caption(rng, own)
         random_image = self._other_image(rng, own)
         if self.hard_captions is not None:
-            return self._with_hard_caption(rng, index, own, other_caption, random_image)
+            return self._with_hard_caption(self.hard_captions, rng, index, own, other_caption, random_image)
         hard = int(self.hard_negatives[index])
         fallback = hard == NOT_MINED or hard == own
         if fallback:
@@ -168,9 +169,11 @@ class Flickr30kTrainSet(torch.utils.data.Dataset):
                 "label": 0, "count_hard_fallback": int(fallback), "count_hard_mined": int(not fallback)}
 
 
-    def _with_hard_caption(self, rng, index: int, own: int, other_caption: int, random_image: int) -> dict:
-        """The release's fourth pair: a hard caption of another image, with this image."""
-        pool = self.hard_captions[own]
+    def _with_hard_caption(self, pools: list, rng, index: int, own: int, other_caption: int,
+                           random_image: int) -> dict:
+        """The release's fourth pair: a hard caption of another image (from `pools`, self.hard_captions),
+        with this image."""
+        pool = pools[own]
         fallback = pool.size == 0
         hard = self._other_caption(rng, own) if fallback else int(pool[rng.integers(pool.size)])
         text, image = self.text(index), self.image(own)

@@ -13,7 +13,6 @@ import csv
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -70,7 +69,7 @@ def glue_task(name: str) -> GlueTask:
 @dataclass
 class GlueExamples:
     text_a: list
-    text_b: Optional[list]
+    text_b: list | None
     labels: list  # class indices or floats
     path: str
     skipped: list  # (line number, reason) of skipped malformed lines
@@ -90,21 +89,26 @@ def read_glue_tsv(path: str | Path, task: GlueTask, skip_malformed: bool = False
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such GLUE file (expected {task.name.upper()} files "
                                 f"train.tsv and {', '.join(task.dev_files)} in the task folder)")
-    text_a, text_b, labels, skipped = [], [] if task.text_b is not None else None, [], []
+    text_a: list[str] = []
+    text_b: list[str] | None = [] if task.text_b is not None else None
+    labels: list[int | float] = []
+    skipped: list[tuple[int, str]] = []
     with open(path, encoding="utf-8-sig", newline="") as handle:
         rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
         first_line = 1
-        header = []
+        header: list[str] = []
         if task.header:
-            header = next(rows, None)
-            if header is None:
+            first_row = next(rows, None)
+            if first_row is None:
                 raise GlueFormatError(f"{path}: empty file; a GLUE TSV starts with a header line")
+            header = first_row
             first_line = 2
         columns = [_column(header, task.text_a, path, "first sentence"),
                    _column(header, task.label, path, "label")]
         if task.text_b is not None:
             columns.append(_column(header, task.text_b, path, "second sentence"))
         needed = max(columns) + 1
+        label: int | float  # a class index, or a regression score
         for line, row in enumerate(rows, first_line):
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     from pathlib import Path
 
-    from interbert.data.tokenization import find_vocab
+    from interbert.data.text.tokenization import find_vocab
     from interbert.modeling import InterBertForPretraining
 
     if Path(args.out).exists() and not args.overwrite:

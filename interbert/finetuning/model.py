@@ -18,7 +18,7 @@ from its `vil_logit` there, which is the same Linear(pooled_text ⊙ pooled_imag
 A fine-tuned model directory is the pretraining directory (`config.json`, `model.safetensors`,
 loadable by `InterBertForPretraining.from_pretrained`, so retrieval tools take it as it is) plus
 `task.json` and `task_head.safetensors`.
-"""
+"""  # noqa: E501 (the table's rows)
 from __future__ import annotations
 
 import json
@@ -121,7 +121,7 @@ class InterBertForFinetuning(nn.Module):
         self.config = pretraining.config
         self.task = task
         pooled, dropout = self.config.pooled_size, self.config.itm_dropout_prob
-        self.head = None
+        self.head: ChoiceHead | TextHead | None = None  # None: retrieval, scored by the ITM head
         self.head_source = "a new head" if task.kind != "retrieval" else "the pretraining ITM head"
         if task.kind == "multiple_choice":
             self.head = ChoiceHead(pooled, dropout)
@@ -148,6 +148,7 @@ class InterBertForFinetuning(nn.Module):
         backbone = self.pretraining.interbert
         if kind in ("classification", "regression"):
             hidden = backbone.encode_text(inputs["input_ids"], inputs["token_type_ids"], inputs["text_mask"])
+            assert self.head is not None  # these kinds always have a TextHead (__init__)
             logits = self.head(backbone.text_pooler(hidden))
             if kind == "regression":
                 values = logits.squeeze(-1)
@@ -163,6 +164,7 @@ class InterBertForFinetuning(nn.Module):
             itm_logits = self.pretraining.itm_head(output.pooled_text, output.pooled_image)
             loss, scores = retrieval_loss(itm_logits, choices, labels, self.task.retrieval_loss)
         else:
+            assert self.head is not None  # multiple choice always has a ChoiceHead (__init__)
             scores = self.head(output.pooled_text, output.pooled_image).view(-1, choices)
             loss = F.cross_entropy(scores.float(), labels)
         correct = (scores.detach().argmax(-1) == labels).sum()
@@ -186,7 +188,7 @@ class InterBertForFinetuning(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, task: TaskSpec | None = None) -> "InterBertForFinetuning":
+    def from_pretrained(cls, directory: str | Path, task: TaskSpec | None = None) -> InterBertForFinetuning:
         """A fine-tuned directory (with task.json), or a pretrained one plus `task` (a new head), in
         ``eval()`` mode like ``InterBertForPretraining.from_pretrained``."""
         directory = Path(directory)
@@ -214,13 +216,14 @@ class InterBertForFinetuning(nn.Module):
 
     def _load_release_choice_head(self, path: Path) -> str:
         """Copy the release's `vil_logit` into the choice head; says what was done."""
+        assert isinstance(self.head, ChoiceHead)  # called for multiple-choice tasks only
         heads = load_safetensors(path)
-        weights = {name: heads.get(f"vil_logit.{name}") for name in ("weight", "bias")}
-        if any(value is None for value in weights.values()):
+        weight, bias = heads.get("vil_logit.weight"), heads.get("vil_logit.bias")
+        if weight is None or bias is None:
             return f"a new head ({path} holds no vil_logit)"
         expected = self.head.vil_logit.weight.shape
-        if weights["weight"].shape != expected:
-            raise ValueError(f"{path}: vil_logit.weight has shape {tuple(weights['weight'].shape)}, the model's "
+        if weight.shape != expected:
+            raise ValueError(f"{path}: vil_logit.weight has shape {tuple(weight.shape)}, the model's "
                              f"pooled size needs {tuple(expected)}; was it converted with another config?")
-        self.head.vil_logit.load_state_dict(weights)
+        self.head.vil_logit.load_state_dict({"weight": weight, "bias": bias})
         return f"the release's vil_logit from {path}"

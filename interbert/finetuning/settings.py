@@ -86,7 +86,7 @@ def split_settings(ds_config: dict, path: str) -> tuple[dict, FinetuneSettings]:
 
 def fill_schedule(ds_config: dict, max_steps: int, settings: FinetuneSettings) -> list[str]:
     """Complete the scheduler's step counts for a run of `max_steps`; returns notes to print."""
-    notes = []
+    notes: list[str] = []
     params = ds_config.get("scheduler", {}).get("params")
     if params is None:
         return notes
@@ -125,5 +125,5 @@ class TaskInputs:
     two_stage_k: int = 0
 
     @classmethod
-    def from_args(cls, args) -> "TaskInputs":
+    def from_args(cls, args) -> TaskInputs:
         return cls(**{name: getattr(args, name) for name in cls.__dataclass_fields__})

@@ -6,21 +6,29 @@ and `notes` (counts of truncated, skipped or fallen-back items, printed at start
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from interbert.errors import UserError
+from interbert.evaluation.full_retrieval import rank_and_world
 from interbert.evaluation.retrieval import to_device
 from interbert.finetuning import glue as glue_data
 from interbert.finetuning.batching import collate_choices, collate_text
 from interbert.finetuning.metrics import qar_accuracy
 from interbert.finetuning.model import TaskSpec
-from interbert.evaluation.full_retrieval import rank_and_world
 from interbert.finetuning.settings import FinetuneSettings, TaskInputs
 from interbert.training.distributed import all_gather_objects
+
+if TYPE_CHECKING:
+    from torch import nn
+    from torch.utils.data import Dataset
+
+    from interbert.finetuning.flickr30k import HardNegativeMiner
 
 DEFAULT_TEXT_LENGTH = {"flickr30k": 36, "vcr": 64, "glue": 128}
 
@@ -32,12 +40,14 @@ class TaskInputError(UserError, ValueError):
 @dataclass
 class Task:
     spec: TaskSpec
-    train_set: object
-    collate: object
-    evaluate_fn: object  # (model, device, dtype) -> dict[str, float]
-    notes: list = field(default_factory=list)
-    miner_factory: object = None  # (sampler, device, dtype, window) -> HardNegativeMiner
-    submit_fn: object = None  # (model, device, dtype, output_dir) -> the written file, or None on ranks > 0
+    train_set: Dataset | None  # None with --eval-only
+    collate: Callable[[list], dict]
+    evaluate_fn: Callable[[nn.Module, torch.device, torch.dtype], dict[str, float]]
+    notes: list[str] = field(default_factory=list)
+    # (the loader's sampler, device, dtype, window) -> the miner
+    miner_factory: Callable[[Any, torch.device, torch.dtype, int], HardNegativeMiner] | None = None
+    # (model, device, dtype, output_dir) -> the written file, or None on ranks > 0
+    submit_fn: Callable[[nn.Module, torch.device, torch.dtype, Path], Path | None] | None = None
 
     def evaluate(self, model, device, dtype) -> dict[str, float]:
         return self._in_eval_mode(self.evaluate_fn, model, device, dtype)
@@ -72,13 +82,17 @@ def family(task_name: str) -> str:
                          f"{', '.join(glue_data.TASKS)})")
 
 
-def _require(inputs: TaskInputs, *flags: str) -> None:
+def _require(inputs: TaskInputs, *flags: str) -> list[str]:
+    """The values of `flags`, each given and naming a file or directory that exists."""
+    values = []
     for flag in flags:
         value = getattr(inputs, flag)
         if not value:
             raise TaskInputError(f"--task {inputs.task} needs --{flag.replace('_', '-')}")
         if not Path(value).exists():
             raise TaskInputError(f"--{flag.replace('_', '-')} {value}: no such file or directory")
+        values.append(value)
+    return values
 
 
 def _predict(model, dataset, indices, collate, batch_size: int, device, dtype) -> list:
@@ -94,11 +108,11 @@ def _predict(model, dataset, indices, collate, batch_size: int, device, dtype) -
 
 # ---------------------------------------------------------------------- Flickr30K
 def flickr30k_task(inputs: TaskInputs, settings: FinetuneSettings) -> Task:
+    from interbert.evaluation.full_retrieval import evaluate_full_retrieval
     from interbert.evaluation.retrieval import build_retrieval_corpus
     from interbert.finetuning.flickr30k import HARD_KINDS, Flickr30kTrainSet, HardCaptionPool, HardNegativeMiner
-    from interbert.evaluation.full_retrieval import evaluate_full_retrieval
 
-    _require(inputs, "features", "captions")
+    features, captions = _require(inputs, "features", "captions")
     length = settings.max_text_len or DEFAULT_TEXT_LENGTH["flickr30k"]
     hard = settings.hard_negatives
     kind = inputs.hard_negatives or hard.kind
@@ -114,10 +128,10 @@ def flickr30k_task(inputs: TaskInputs, settings: FinetuneSettings) -> Task:
                                      "python -m interbert.finetuning.hard_captions writes")
             _require(inputs, "hard_captions")
             pool = HardCaptionPool.load(inputs.hard_captions)
-        train_set = Flickr30kTrainSet(inputs.features, inputs.captions, inputs.vocab, split=inputs.train_split,
+        train_set = Flickr30kTrainSet(features, captions, inputs.vocab, split=inputs.train_split,
                                       max_regions=settings.max_regions, max_text_len=length, seed=inputs.seed,
                                       hard_captions=pool)
-    corpus = build_retrieval_corpus(inputs.features, [inputs.captions], inputs.vocab, inputs.eval_split,
+    corpus = build_retrieval_corpus(features, [captions], inputs.vocab, inputs.eval_split,
                                     inputs.eval_images or None, length, settings.max_regions)
 
     def evaluate(model, device, dtype):
@@ -187,7 +201,7 @@ def vcr_task(inputs: TaskInputs, settings: FinetuneSettings, tokenizer) -> Task:
 
     notes = [f"evaluation: {len(val_set.annotations)} questions of {inputs.vcr_val}, "
              f"{val_set.truncated} choice texts truncated to {length} pieces"]
-    if inputs.vcr_test:
+    if test_set is not None:  # given --vcr-test
         notes.append(f"test split: {len(test_set.annotations)} questions of {inputs.vcr_test}, Q->A and QA->R "
                      f"conditioned on each answer, for {SUBMISSION_NAME}")
     if train_set is not None:
@@ -220,9 +234,9 @@ def _vcr_submitter(test_set, batch_size: int):
 # ---------------------------------------------------------------------- GLUE
 def glue_task(inputs: TaskInputs, settings: FinetuneSettings, tokenizer) -> Task:
     task = glue_data.glue_task(inputs.task[len("glue-"):])
-    _require(inputs, "glue_dir")
+    (glue_dir,) = _require(inputs, "glue_dir")
     length = settings.max_text_len or DEFAULT_TEXT_LENGTH["glue"]
-    directory = Path(inputs.glue_dir)
+    directory = Path(glue_dir)
 
     def dataset(name):
         examples = glue_data.read_glue_tsv(directory / name, task, skip_malformed=inputs.skip_malformed)
@@ -234,7 +248,8 @@ def glue_task(inputs: TaskInputs, settings: FinetuneSettings, tokenizer) -> Task
         train_set, examples = dataset("train.tsv")
         notes.append(f"training: {len(train_set)} examples of {examples.path}, {train_set.truncated} at the "
                      f"{length}-piece limit, {len(examples.skipped)} malformed lines skipped"
-                     + (f" (first: line {examples.skipped[0][0]}: {examples.skipped[0][1]})" if examples.skipped else ""))
+                     + (f" (first: line {examples.skipped[0][0]}: {examples.skipped[0][1]})"
+                        if examples.skipped else ""))
     dev_sets = {}
     for name in task.dev_files:
         dev_sets[name], examples = dataset(name)
@@ -251,7 +266,8 @@ def glue_task(inputs: TaskInputs, settings: FinetuneSettings, tokenizer) -> Task
             rows = sorted(r for part in all_gather_objects(rows) for r in part)
             predictions = np.stack([r[1] for r in rows])
             suffix = "" if len(dev_sets) == 1 else ("_m" if "mismatched" not in name else "_mm")
-            metrics.update({f"{k}{suffix}": v for k, v in glue_data.evaluate_glue(predictions, dev.labels, task).items()})
+            scored = glue_data.evaluate_glue(predictions, dev.labels, task)
+            metrics.update({f"{k}{suffix}": v for k, v in scored.items()})
         return metrics
 
     spec = TaskSpec(f"glue-{task.name}", task.kind, num_labels=max(len(task.labels), 1))
@@ -259,7 +275,7 @@ def glue_task(inputs: TaskInputs, settings: FinetuneSettings, tokenizer) -> Task
 
 
 def build_task(inputs: TaskInputs, settings: FinetuneSettings) -> Task:
-    from interbert.data.tokenization import load_tokenizer
+    from interbert.data.text.tokenization import load_tokenizer
 
     kind = family(inputs.task)
     if kind == "flickr30k":

@@ -10,22 +10,21 @@ Q→A: `[CLS] question [SEP] answer_i [SEP]`; QA→R: `[CLS] question answer [SE
 (segments 0 / 1, the release's input: question and answer joined in the first segment), 4-way
 each; QA→R takes the correct answer. Q→AR counts a question right when both are right. The test
 split has no labels, so its QA→R is built for each of the 4 answers (`conditioned=True`): the 4 × 4
-rationale scores the leaderboard's submission holds (`write_submission`). Regions: the ground-truth boxes of the objects (a second feature store keyed
-by `img_fn`, when given) and then the detector's, at most `max_regions` in all, after the
-global token.
+rationale scores the leaderboard's submission holds (`write_submission`). Regions: the ground-truth
+boxes of the objects (a second feature store keyed by `img_fn`, when given) and then the detector's,
+at most `max_regions` in all, after the global token.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
 
-from interbert.data.feature_store import FeatureStore
-from interbert.data.regions import fill_global_token, image_inputs, region_locations
+from interbert.data.loading.regions import fill_global_token, image_inputs, region_locations
+from interbert.data.store.reader import FeatureStore
 from interbert.errors import UserError
 
 CHOICES = 4
@@ -48,8 +47,8 @@ class VcrAnnotation:
     question: list
     answers: list
     rationales: list
-    answer_label: Optional[int]
-    rationale_label: Optional[int]
+    answer_label: int | None
+    rationale_label: int | None
 
 
 def _check_tokens(tokens, objects, where: str, field: str) -> None:
@@ -67,7 +66,7 @@ def _check_tokens(tokens, objects, where: str, field: str) -> None:
                                  f"annotation lists {len(objects)} objects")
 
 
-def _label(record: dict, key: str, where: str, require: bool) -> Optional[int]:
+def _label(record: dict, key: str, where: str, require: bool) -> int | None:
     value = record.get(key)
     if value is None:
         if require:
@@ -110,8 +109,9 @@ def read_vcr(path: str | Path, require_labels: bool = True) -> list[VcrAnnotatio
                 for i, choice in enumerate(choices):
                     _check_tokens(choice, objects, where, f"{field}[{i}]")
             annotations.append(VcrAnnotation(
-                where, str(record.get("annot_id", where)), str(record["img_fn"]), objects, record["question"], record["answer_choices"],
-                record["rationale_choices"], _label(record, "answer_label", where, require_labels),
+                where, str(record.get("annot_id", where)), str(record["img_fn"]), objects, record["question"],
+                record["answer_choices"], record["rationale_choices"],
+                _label(record, "answer_label", where, require_labels),
                 _label(record, "rationale_label", where, require_labels)))
     if not annotations:
         raise VcrFormatError(f"{path}: no annotations")

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from interbert.config import InterBertConfig
+from interbert.modeling.attention import SelfAttentionScores
 from interbert.modeling.embeddings import RegionEmbeddings, TextEmbeddings
 from interbert.modeling.layers import TransformerStack
 from interbert.modeling.pretrained_io import PretrainedModelMixin
@@ -81,7 +82,7 @@ class InterBertModel(PretrainedModelMixin, nn.Module):
         self.config.attention_implementation = implementation
         self.config.validate()
         for module in self.modules():
-            if hasattr(module, "implementation"):
+            if isinstance(module, SelfAttentionScores):  # the one module with an `implementation`
                 module.implementation = implementation
 
     def forward(

@@ -11,11 +11,14 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from interbert.modeling.checkpoint_files import read_state_dict
+
+if TYPE_CHECKING:
+    from interbert.modeling.pretrained_io import PretrainedModelMixin
 
 _LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
 # Checkpoint tensors with no counterpart by design: BERT's tanh pooler and NSP head (InterBERT's
@@ -67,7 +70,7 @@ def _bert_hidden_size(directory: Path, state: dict[str, torch.Tensor]) -> int:
     return state["embeddings.word_embeddings.weight"].shape[1]
 
 
-def init_from_bert(model: nn.Module, directory: str | Path) -> InitReport:
+def init_from_bert(model: PretrainedModelMixin, directory: str | Path) -> InitReport:
     """Copy a BERT checkpoint into `model` (InterBertForPretraining or InterBertModel) in
     place. Raises ValueError when the checkpoint's width or vocabulary does not fit."""
     directory = Path(directory)

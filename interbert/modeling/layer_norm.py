@@ -21,7 +21,7 @@ class LayerNorm(nn.LayerNorm):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if hidden.is_cuda:
             apex = apex_layer_norm("cuda")
-            if hidden.dtype in apex.dtypes:
+            if hidden.dtype in apex.dtypes and apex.normalization is not None:  # dtypes: () without Apex
                 fused = apex.normalization.fused_layer_norm
                 return fused.fused_layer_norm_affine(
                     hidden, self.weight, self.bias, self.normalized_shape, self.eps

@@ -43,6 +43,7 @@ def mrm_loss(logits: torch.Tensor, targets: torch.Tensor, soft_targets: torch.Te
     released). "ce": cross-entropy against the detector's top class."""
     count = targets.numel()
     if kind == "kl":
+        assert soft_targets is not None  # InterBertForPretraining._mrm refuses "kl" without them
         log_probs = F.log_softmax(logits.float(), dim=-1)
         loss = F.kl_div(log_probs, soft_targets.float(), reduction="sum") / max(count, 1)
     else:

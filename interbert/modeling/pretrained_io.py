@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import save_file
@@ -17,6 +18,13 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 log = logging.getLogger(__name__)
 
+# Every class that takes the mixin is also an nn.Module (`class X(PretrainedModelMixin, nn.Module)`):
+# type checkers see that base, the running code keeps the plain mixin.
+if TYPE_CHECKING:
+    _ModuleBase = torch.nn.Module
+else:
+    _ModuleBase = object
+
 
 def _list(keys, limit: int = 12) -> str:
     keys = sorted(keys)
@@ -24,7 +32,7 @@ def _list(keys, limit: int = 12) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-class PretrainedModelMixin:
+class PretrainedModelMixin(_ModuleBase):
     """Adds the save/load convention to an nn.Module built as `cls(config)`."""
 
     config: InterBertConfig

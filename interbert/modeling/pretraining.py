@@ -3,6 +3,7 @@ loss λ1·MSM + λ2·MRM + λ3·ITM (paper eq. 8)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -74,7 +75,8 @@ class InterBertForPretraining(PretrainedModelMixin, nn.Module):
             tasks["itm"] = itm_loss(itm_logits, itm_labels)
         weights = {"msm": self.config.msm_weight, "mrm": self.config.mrm_weight,
                    "itm": self.config.itm_weight}
-        loss = sum(weights[name] * task.loss for name, task in tasks.items()) if tasks else None
+        # a sum of tensors (never the start value 0: `tasks` is not empty)
+        loss = cast(torch.Tensor, sum(weights[name] * task.loss for name, task in tasks.items())) if tasks else None
         return PretrainingOutput(
             loss=loss,
             losses={name: task.loss.detach() for name, task in tasks.items()},

@@ -96,7 +96,10 @@ def save(engine, directory: Path, *, step: int, epoch: int, sampler_state: dict,
     rng_states = all_gather_objects(capture_rng_state())
     sampler_states = all_gather_objects(sampler_state)
     from deepspeed.checkpoint.constants import (
-        UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY, UNIVERSAL_CHECKPOINT_VERSION_VALUE)
+        UNIVERSAL_CHECKPOINT_INFO,
+        UNIVERSAL_CHECKPOINT_VERSION_KEY,
+        UNIVERSAL_CHECKPOINT_VERSION_VALUE,
+    )
 
     client_state = {
         "interbert_client_state": CLIENT_STATE_VERSION,
@@ -170,7 +173,8 @@ def set_aside(directory: Path, first_bad_step: int, why: str, rank: int) -> tupl
     step `first_bad_step` - 1 on hold the weights that produced it. They are renamed `<tag>.<why>`
     (kept, no longer resumable) and `latest` names the newest earlier one, which is returned with the
     new names; with none left, `latest` itself is renamed `latest.<why>`."""
-    good, bad = [], []
+    good: list[Path] = []
+    bad: list[Path] = []
     for step, path in list_checkpoints(directory):
         (good if step < first_bad_step - 1 else bad).append(path)
     moved = [path.with_name(f"{path.name}.{why}") for path in bad]

@@ -42,7 +42,7 @@ def reader_gone(fd: int) -> bool:
 class _TolerantStream:
     """A text stream that diverts the console on a broken pipe instead of raising."""
 
-    def __init__(self, stream, console: "RankConsole"):
+    def __init__(self, stream, console: RankConsole):
         self._stream, self._console = stream, console
 
     def write(self, text: str) -> int:
@@ -68,7 +68,7 @@ class RankConsole:
         self.diverted = False
         self._lock = threading.Lock()
 
-    def install(self) -> "RankConsole":
+    def install(self) -> RankConsole:
         if not isinstance(sys.stdout, _TolerantStream):
             sys.stdout = _TolerantStream(sys.stdout, self)
             sys.stderr = _TolerantStream(sys.stderr, self)

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from interbert.config import REGION_TASKS, TEXT_TASKS, InterBertConfig
-from interbert.data.loader import ResumableLoader, build_loader
-from interbert.data.pretraining_dataset import PretrainingDataset, PretrainingTasks
+from interbert.data.loading.loader import ResumableLoader, build_loader
+from interbert.data.pretraining.dataset import PretrainingDataset
+from interbert.data.pretraining.tasks import PretrainingTasks
 from interbert.errors import UserError
 
 
@@ -20,6 +21,7 @@ class CorpusError(UserError, ValueError):
 class RunData:
     train: ResumableLoader
     validation: ResumableLoader | None
+    train_set: PretrainingDataset  # the dataset `train` loads (its length: the training split's captions)
 
 
 def check_paths(features: str | None, captions: list[str] | None) -> None:
@@ -40,7 +42,7 @@ def check_paths(features: str | None, captions: list[str] | None) -> None:
 def check_feature_size(features: str, model_config: InterBertConfig, flag: str = "--features") -> None:
     """The store's region features have the width the model takes; otherwise one line naming both,
     before anything is built (the mismatch would otherwise surface as a shape error mid-forward)."""
-    from interbert.data.feature_store import FeatureStore
+    from interbert.data.store.reader import FeatureStore
 
     size = FeatureStore(features).metadata.feature_size
     if size != model_config.region_feature_size:
@@ -101,11 +103,11 @@ def build_run_data(*, features: str, captions: list[str], vocab: str | None,
         validation = build_loader(val_set, micro_batch, rank=rank,
                                               world_size=world_size, num_workers=0, seed=seed,
                                               shuffle=False, drop_last=False)
-    return RunData(train, validation)
+    return RunData(train, validation, train_set)
 
 
 def _has_class_probs(features: str) -> bool:
-    from interbert.data.feature_store import FeatureStore
+    from interbert.data.store.reader import FeatureStore
 
     return bool(FeatureStore(features).metadata.has_class_probs)
 

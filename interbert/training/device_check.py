@@ -34,7 +34,8 @@ def query_cuda_device(index: int | None = None) -> CudaDevice | None:
     if not torch.cuda.is_available():
         return None
     index = torch.cuda.current_device() if index is None else index
-    return CudaDevice(torch.cuda.get_device_name(index), tuple(torch.cuda.get_device_capability(index)),
+    major, minor = torch.cuda.get_device_capability(index)
+    return CudaDevice(torch.cuda.get_device_name(index), (major, minor),
                       tuple(torch.cuda.get_arch_list()), torch.version.cuda)
 
 

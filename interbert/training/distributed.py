@@ -55,7 +55,8 @@ def mpi_placement(environ=os.environ) -> tuple[int, int, int, int] | None:
     """(rank, world size, local rank, local size) from the MPI launcher's variables, or None."""
     for names in MPI_VARIABLES:
         if all(name in environ for name in names):
-            return tuple(int(environ[name]) for name in names)  # type: ignore[return-value]
+            rank, world_size, local_rank, local_size = (int(environ[name]) for name in names)
+            return rank, world_size, local_rank, local_size
     return None
 
 

@@ -47,17 +47,18 @@ def resolve_batch_sizes(config: dict, world_size: int, path: str | Path) -> dict
         if value is not None and (not isinstance(value, int) or value <= 0):
             raise ConfigError(f"{path}: {key} must be a positive integer, got {value!r}")
     total, micro, accumulation = (given[k] for k in BATCH_KEYS)
-    if total is None and micro is None:
-        raise ConfigError(f"{path}: set train_batch_size or train_micro_batch_size_per_gpu")
-    if total is None:
-        total = micro * (accumulation or 1) * world_size
-    elif micro is None:
+    if micro is None:
+        if total is None:
+            raise ConfigError(f"{path}: set train_batch_size or train_micro_batch_size_per_gpu")
         accumulation = accumulation or 1
         if total % (accumulation * world_size):
             raise ConfigError(
                 f"{path}: train_batch_size {total} is not divisible by gradient_accumulation_steps "
                 f"{accumulation} x {world_size} ranks; change one of them")
         micro = total // (accumulation * world_size)
+    elif total is None:
+        accumulation = accumulation or 1  # as DeepSpeed: the micro-batch alone means no accumulation
+        total = micro * accumulation * world_size
     elif accumulation is None:
         if total % (micro * world_size):
             raise ConfigError(

@@ -164,26 +164,6 @@ def build_cpu_ops(say=print) -> list[str]:
     return built
 
 
-def op_build_directory(name: str) -> Path:
-    """Where torch JIT-builds the op `name` (TORCH_EXTENSIONS_DIR/name, else its per-Python/CUDA folder)."""
-    configured = os.environ.get("TORCH_EXTENSIONS_DIR")
-    if configured:
-        return Path(configured) / name
-    import torch
-    from torch.utils.cpp_extension import get_default_build_root
-
-    accelerator = (f"rocm{torch.version.hip.replace('.', '')}" if torch.version.hip else
-                   f"cu{torch.version.cuda.replace('.', '')}" if torch.version.cuda else "cpu")
-    python = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
-    return Path(get_default_build_root()) / f"{python}_{accelerator}" / name
-
-
-def cached_op(name: str) -> str | None:
-    """The library of an earlier JIT build of `name` in torch's extensions cache, if there is one."""
-    library = op_build_directory(name) / f"{name}.so"
-    return str(library) if library.is_file() else None
-
-
 def build_cuda_ops(say=print, toolchain=None, build=None) -> list[str]:
     """Build DeepSpeed's FusedAdam where it can be built here; say what was built, or why not."""
     from interbert.training.optimizer import load_fused_adam, probe_cuda_toolchain, why_fused_adam_cannot_build

@@ -146,6 +146,8 @@ def table_peak(name: str, dtype: torch.dtype, tf32: bool = False) -> Peak | None
     peaks = sku_peaks(name)
     if peaks is None:
         return None
+    fmt: str | None
+    value: float | None
     if dtype == torch.float32:
         fmt, value = ("tf32", peaks.tf32) if tf32 and peaks.tf32 else ("fp32", peaks.fp32)
     else:

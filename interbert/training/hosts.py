@@ -82,7 +82,9 @@ def is_this_machine(host: str) -> bool:
     if host in LOCAL_NAMES or host == socket.gethostname():
         return True
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
+        # an IP address string (the (int, bytes) address is of a Python built without IPv6)
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+                     if isinstance(info[4][0], str)}
     except OSError:
         return False
     for address in addresses:

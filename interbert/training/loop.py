@@ -34,6 +34,7 @@ from interbert.training.watchdog import Heartbeat, LauncherWatch, lost_peer
 
 EXIT_OK = 0
 EXIT_NONFINITE = 3
+DEFAULT_GUARD = GuardSettings()  # frozen: one instance serves every loop that is given none
 
 
 @dataclass
@@ -60,13 +61,13 @@ class _PendingStep:
     learning_rate: float
     loss_scale: float
     skipped_steps: int
-    grad_norm: object  # float or a device tensor, read at the flush
+    grad_norm: float | torch.Tensor | None  # a device tensor is read at the flush; None: not computed
 
 
 class TrainingLoop:
     def __init__(self, *, engine, objective: Objective, loader, monitor: Monitor, env: DistributedEnvironment,
                  precision: PrecisionChoice, schedule: Schedule, checkpoint_dir: Path, peak_flops: float = 0.0,
-                 guard: GuardSettings = GuardSettings(), rank_timeout: float = 300.0):
+                 guard: GuardSettings = DEFAULT_GUARD, rank_timeout: float = 300.0):
         self.engine, self.objective, self.loader, self.monitor = engine, objective, loader, monitor
         self.env, self.precision, self.schedule = env, precision, schedule
         self.checkpoint_dir, self.peak_flops = checkpoint_dir, peak_flops
@@ -120,8 +121,8 @@ class TrainingLoop:
         self.monitor.print(f"resumed from {folder} at step {self.step}, epoch {self.epoch}")
         rate, saved = state["learning_rates"][0], state["saved_learning_rates"][0]
         if rate != saved:
-            self.monitor.print(f"learning rate: step {self.step + 1} trains at {rate:.3g} from this run's configuration "
-                               f"(the checkpoint's optimizer was at {saved:.3g})")
+            self.monitor.print(f"learning rate: step {self.step + 1} trains at {rate:.3g} from this run's "
+                               f"configuration (the checkpoint's optimizer was at {saved:.3g})")
         if state["saved_world_size"] != self.env.world_size:
             self.monitor.print(f"the checkpoint was written by {state['saved_world_size']} rank(s), this run has "
                                f"{self.env.world_size}: loaded through DeepSpeed's universal checkpoint, the data "

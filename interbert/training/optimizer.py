@@ -35,7 +35,9 @@ def decay_parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     whatever its name; tied parameters appear once."""
     norm_parameters = {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm)
                        for p in m.parameters(recurse=False)}
-    decay, no_decay, seen = [], [], set()
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    seen: set[int] = set()
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad or id(parameter) in seen:
             continue
@@ -105,6 +107,8 @@ def why_fused_adam_cannot_build(toolchain: CudaToolchain) -> str | None:
         return f"no nvcc (CUDA_HOME unset or without bin/nvcc){hint}"
     if toolchain.nvcc_release is None:
         return f"{toolchain.nvcc} does not run ({toolchain.nvcc_problem or 'no release in nvcc -V'})"
+    if toolchain.torch_cuda is None:  # the callers ask only with a CUDA build of torch
+        return "torch is a build without CUDA"
     if not cuda_versions_agree(toolchain.nvcc_release, toolchain.torch_cuda, toolchain.minor_mismatch_ok):
         return (f"{toolchain.nvcc} is CUDA {toolchain.nvcc_release} but torch was built with CUDA "
                 f"{toolchain.torch_cuda}; point CUDA_HOME at a CUDA {toolchain.torch_cuda} toolkit")
@@ -171,7 +175,7 @@ def probe_cuda_toolchain() -> CudaToolchain:
         from deepspeed.ops.op_builder.builder import cuda_minor_mismatch_ok
     except ImportError:
         cuda_minor_mismatch_ok = {}
-    from interbert.training.extensions import cached_op
+    from interbert.training.op_cache import cached_op
 
     return CudaToolchain(torch.version.cuda, prebuilt, prebuilt_problem, nvcc, release, problem, on_path,
                          cpp_extension.is_ninja_available(), cached_op("fused_adam"), dict(cuda_minor_mismatch_ok))

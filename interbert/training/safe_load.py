@@ -14,6 +14,7 @@ a copied-in checkpoint would need one too.
 """
 from __future__ import annotations
 
+import importlib
 import pickle
 
 import numpy as np
@@ -22,10 +23,10 @@ import torch
 from interbert.errors import UserError
 from interbert.modeling.checkpoint_files import refused_global
 
-try:  # numpy >= 2
-    from numpy._core import multiarray as _multiarray
+try:  # numpy >= 2 (imported by name: one variable for either module, and no DeprecationWarning from numpy.core)
+    _multiarray = importlib.import_module("numpy._core.multiarray")
 except ImportError:  # pragma: no cover - numpy 1.x
-    from numpy.core import multiarray as _multiarray
+    _multiarray = importlib.import_module("numpy.core.multiarray")
 
 
 _torch_load = torch.load  # kept: checkpoint.py points torch.load here while DeepSpeed's converter runs

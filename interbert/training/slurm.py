@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from interbert.errors import UsageError
 
@@ -95,7 +95,7 @@ def _expand_host(item: str, hostlist: str, name: str) -> list[str]:
 
 
 def _expand_ranges(ranges: str, hostlist: str, name: str) -> list[str]:
-    numbers = []
+    numbers: list[str] = []
     for part in ranges.split(","):
         low, _, high = part.partition("-")
         high = high or low

@@ -13,17 +13,23 @@ Entry points pass typed `RunSettings`, never argparse Namespaces.
 from __future__ import annotations
 
 import faulthandler
+import io
 import json
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 
 from interbert.errors import UsageError, UserError
+
+if TYPE_CHECKING:
+    from interbert.training.distributed import DistributedEnvironment, JobPlacement
+    from interbert.training.precision import PrecisionChoice
 
 
 @dataclass(frozen=True)
@@ -47,7 +53,7 @@ class RunSettings:
     rank_timeout: float = 300.0
 
     @classmethod
-    def from_args(cls, args) -> "RunSettings":
+    def from_args(cls, args) -> RunSettings:
         values = {f.name: getattr(args, f.name) for f in fields(cls)}
         values["output_dir"] = Path(values["output_dir"])
         settings = cls(**values)
@@ -127,13 +133,20 @@ def _add_guard_arguments(group) -> None:
 @dataclass
 class Job:
     run: RunSettings
-    placement: object  # distributed.JobPlacement
+    placement: JobPlacement
     ds_config: dict
     device: torch.device
-    precision: object  # precision.PrecisionChoice
+    precision: PrecisionChoice
     say: Callable[[str], None]
-    env: object = None  # distributed.DistributedEnvironment, after `start`
+    env: DistributedEnvironment | None = None  # after `start`
     trains: bool = True
+
+    @property
+    def started(self) -> DistributedEnvironment:
+        """The process group's environment (only after `start`)."""
+        if self.env is None:
+            raise RuntimeError("the process group has not started yet (training.startup.start)")
+        return self.env
 
 
 def prepare(run: RunSettings, prefix: str, raw_config: dict | None = None, *, trains: bool = True) -> Job:
@@ -176,6 +189,14 @@ def check_checkpoint_folder(job: Job) -> None:
         check_precision(run.checkpoint_dir, job.precision.name)
 
 
+def enable_fault_stacks() -> None:
+    """A rank that dies in native code (SIGSEGV, an abort) prints every thread's Python stack."""
+    try:
+        faulthandler.enable()
+    except (AttributeError, ValueError, io.UnsupportedOperation):  # a stderr without a file descriptor
+        pass
+
+
 def start(job: Job, checks: Sequence[Callable[[], None]] = ()):
     """The process group (collective), the checks every host must pass (the shared --output-dir,
     the checkpoint folder, then `checks`: the entry point's inputs), CPU threads, the first lines."""
@@ -186,7 +207,7 @@ def start(job: Job, checks: Sequence[Callable[[], None]] = ()):
 
     if job.placement.launcher != "single process":
         install_console(job.run.output_dir, job.placement.rank)  # prints survive a closed ssh session
-        faulthandler.enable()  # a rank that dies in native code (SIGSEGV, an abort) prints every thread's stack
+        enable_fault_stacks()
 
     check_build_locks(job.say)  # the process group's start may compile an op: never wait on a dead build
     timeout = job.run.rank_timeout + 60 if job.run.rank_timeout else None  # the watchdog speaks first
@@ -246,18 +267,17 @@ def build_engine(job: Job, model):
     import deepspeed
 
     from interbert.training import ds_config as dsc
-    from interbert.training.optimizer import adapt_to_device, describe_optimizer, parameter_groups
-
     from interbert.training.checkpoint import needs_universal
+    from interbert.training.optimizer import adapt_to_device, describe_optimizer, parameter_groups
 
     note = adapt_to_device(job.ds_config, job.device.type)
     if note:
         job.say(note)
-    if job.run.resume and needs_universal(job.run.checkpoint_dir, job.env.world_size):
+    if job.run.resume and needs_universal(job.run.checkpoint_dir, job.started.world_size):
         job.ds_config.setdefault("checkpoint", {})["load_universal"] = True
     groups = parameter_groups(model, job.ds_config, job.run.deepspeed_config)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=dsc.for_engine(job.ds_config))
-    seed_everything(job.run.seed + job.env.rank)
+    seed_everything(job.run.seed + job.started.rank)
     optimizer = describe_optimizer(engine)
     job.say(f"optimizer: {optimizer}")
     return engine, optimizer
@@ -267,13 +287,13 @@ def make_monitor(job: Job, prefix: str):
     from interbert.training import ds_config as dsc
     from interbert.training.monitor import Monitor
 
-    return Monitor(job.run.output_dir, enabled=job.env.is_main, tensorboard=dsc.tensorboard_enabled(job.ds_config),
+    return Monitor(job.run.output_dir, enabled=job.started.is_main, tensorboard=dsc.tensorboard_enabled(job.ds_config),
                    deepspeed_monitors=dsc.external_monitors(job.ds_config), prefix=prefix)
 
 
 def write_run_config(job: Job, monitor, summary: dict) -> None:
     """OUTPUT_DIR/run_config.json and TensorBoard's run/config text (rank 0)."""
-    if not job.env.is_main:
+    if not job.started.is_main:
         return
     text = json.dumps(summary, indent=2, default=str)
     (job.run.output_dir / "run_config.json").write_text(text + "\n")
@@ -305,7 +325,7 @@ def write_model_directory(model, directory: Path, vocab: str, say, what: str = "
     """save_pretrained plus the run's vocab.txt, so the directory is complete on its own."""
     import shutil
 
-    from interbert.data.tokenization import VOCAB_NAME
+    from interbert.data.text.tokenization import VOCAB_NAME
 
     model.save_pretrained(directory)
     shutil.copyfile(vocab, Path(directory) / VOCAB_NAME)

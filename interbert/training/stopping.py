@@ -8,18 +8,19 @@ every rank and kills them 30 s later, which is the budget for that save.
 from __future__ import annotations
 
 import signal
+from typing import Any
 
 
 class StopRequest:
-    def __init__(self):
+    def __init__(self) -> None:
         self.signal_name: str | None = None
-        self._previous = {}
+        self._previous: dict[signal.Signals, Any] = {}  # the handlers that install replaced
 
     @property
     def requested(self) -> bool:
         return self.signal_name is not None
 
-    def install(self) -> "StopRequest":
+    def install(self) -> StopRequest:
         for number in (signal.SIGTERM, signal.SIGINT):
             self._previous[number] = signal.signal(number, self._handle)
         return self

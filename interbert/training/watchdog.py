@@ -69,7 +69,7 @@ class LauncherWatch:
         self.stop, self.interval = stop, interval
         self.watched = launcher_processes()
 
-    def start(self) -> "LauncherWatch":
+    def start(self) -> LauncherWatch:
         if self.watched or console.current() is not None:
             threading.Thread(target=self._watch, name="interbert-launcher-watch", daemon=True).start()
         return self
@@ -105,7 +105,7 @@ class Heartbeat:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(wait)
 
-    def start(self) -> "Heartbeat":
+    def start(self) -> Heartbeat:
         if self.world_size > 1 and self.timeout > 0:
             self._thread = threading.Thread(target=self._run, name="interbert-heartbeat", daemon=True)
             self._thread.start()

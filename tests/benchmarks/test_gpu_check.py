@@ -44,7 +44,8 @@ def test_the_gpu_check_measures_what_the_plan_needs(tmp_path):
     assert [r["micro_batch"] for r in short["throughput"]["bf16"]["rows"]] == [1, 2]
     assert 0 < short["throughput"]["bf16"]["rows"][0]["data_share"] < 1
     assert "measured" in short["throughput"]["bf16"]["peak_source"]
-    assert short["retrieval"]["fp32"]["precision"] == "fp32" and short["retrieval"]["fp32"]["pairs_per_second"]["exact"] > 0
+    assert short["retrieval"]["fp32"]["precision"] == "fp32"
+    assert short["retrieval"]["fp32"]["pairs_per_second"]["exact"] > 0
     assert steps["device"]["figures"]["train_precisions"] == ["bf16"]
     assert "measured" in summary["peaks"]["bf16"]["source"]
     assert f"figures: {tmp_path / 'out' / 'gpu_check.json'}" in result.stdout and "done in" in result.stdout
@@ -68,7 +69,8 @@ def test_when_no_measuring_step_ends_ok_the_exit_status_is_1_and_the_json_is_sti
     assert result.returncode == 1
     assert "no throughput or retrieval step ended ok" in result.stderr
     _, steps = report(tmp_path)
-    assert [steps[name]["status"] for name in ("device", "synth", "throughput_bf16", "retrieval_fp32")] == ["failed"] * 4
+    names = ("device", "synth", "throughput_bf16", "retrieval_fp32")
+    assert [steps[name]["status"] for name in names] == ["failed"] * 4
 
 
 def test_a_spent_budget_skips_the_remaining_steps(tmp_path):

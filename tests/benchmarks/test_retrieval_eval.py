@@ -44,6 +44,7 @@ def test_rank_changes_counts_the_captions_and_images_whose_own_match_moved():
 def test_the_released_forward_with_all_heads_scores_as_the_itm_head_alone():
     import torch
     from retrieval_eval import released_forward
+
     from interbert.config import InterBertConfig
     from interbert.modeling import InterBertForPretraining
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from interbert.data.synth import synthesize_corpus
-from interbert.data.tokenization import default_vocab_file
+from interbert.data.ingest.synth import synthesize_corpus
+from interbert.data.text.tokenization import default_vocab_file
 
 # The suite runs with --import-mode=importlib, which puts no test folder on sys.path; the data
 # tests import their helper module (data_test_helpers.py) from here.

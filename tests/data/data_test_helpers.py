@@ -8,8 +8,8 @@ import json
 import lmdb
 import numpy as np
 
-from interbert.data.record_format import RegionRecord
-from interbert.data.store_writer import FeatureStoreWriter
+from interbert.data.store.record_format import RegionRecord
+from interbert.data.store.writer import FeatureStoreWriter
 
 FEATURE_SIZE = 2048
 

@@ -9,10 +9,11 @@ import logging
 import pytest
 import torch
 
-from interbert.data import loader as loader_module
-from interbert.data.batch_ring import BatchRing, BatchRingClosed, RingView
-from interbert.data.loader import build_loader
-from interbert.data.pretraining_dataset import PretrainingDataset, PretrainingTasks
+from interbert.data.loading import loader as loader_module
+from interbert.data.loading.batch_ring import BatchRing, BatchRingClosed, RingView
+from interbert.data.loading.loader import build_loader
+from interbert.data.pretraining.dataset import PretrainingDataset
+from interbert.data.pretraining.tasks import PretrainingTasks
 
 
 @pytest.fixture(scope="module")

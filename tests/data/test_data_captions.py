@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from interbert.data.captions import CaptionFormatError, convert_captions
-from interbert.data.manifests import read_manifest
+from interbert.data.ingest.captions import CaptionFormatError, convert_captions
+from interbert.data.text.manifests import read_manifest
 
 
 def _lines(path) -> list:
@@ -100,11 +100,13 @@ def test_an_existing_manifest_is_replaced_only_with_overwrite(tmp_path, capsys):
     from interbert.cli import main
 
     source = tmp_path / "captions_val2014.json"
-    source.write_text(json.dumps({"images": [{"id": 7}], "annotations": [{"image_id": 7, "id": 1, "caption": "a cat"}]}))
+    annotations = [{"image_id": 7, "id": 1, "caption": "a cat"}]
+    source.write_text(json.dumps({"images": [{"id": 7}], "annotations": annotations}))
     out = tmp_path / "coco.jsonl"
     out.write_text("my own manifest\n")
     assert main(["data", "captions", "--format", "coco", "--out", str(out), str(source)]) == 2
-    assert capsys.readouterr().err.strip() == f"error: {out} already exists; choose another --out or pass --overwrite to replace it"
+    assert capsys.readouterr().err.strip() == (f"error: {out} already exists; choose another --out or pass "
+                                               "--overwrite to replace it")
     assert out.read_text() == "my own manifest\n"
     assert main(["data", "captions", "--format", "coco", "--out", str(out), "--overwrite", str(source)]) == 0
     assert _lines(out) == [{"image_id": "7", "caption": "a cat", "split": "val", "source": "coco"}]
@@ -145,12 +147,13 @@ def test_a_caption_file_that_is_not_utf8_is_named_with_its_line(tmp_path, capsys
     source = tmp_path / name
     source.write_bytes(body)
     assert main(["data", "captions", "--format", fmt, "--out", str(tmp_path / "m.jsonl"), str(source)]) == 2
-    assert capsys.readouterr().err.strip() == (f"error: {source}:2: byte 0xe9 at column {body.splitlines()[1].index(0xe9) + 1} "
-                                               "is not UTF-8; convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+    column = body.splitlines()[1].index(0xe9) + 1
+    assert capsys.readouterr().err.strip() == (f"error: {source}:2: byte 0xe9 at column {column} is not UTF-8; "
+                                               "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)")
 
 
 def test_a_manifest_that_is_not_utf8_is_named_with_its_line(tmp_path):
-    from interbert.data.text_files import NotUtf8Error
+    from interbert.data.text.utf8 import NotUtf8Error
 
     manifest = tmp_path / "m.jsonl"
     manifest.write_bytes(b'{"image_id": "1", "caption": "ok", "split": "train"}\n'

@@ -5,13 +5,13 @@ import base64
 
 import numpy as np
 import pytest
-
 from data_test_helpers import make_record
-from interbert.data.conversion import ConversionOptions
-from interbert.data.detections import ConversionError
-from interbert.data.feature_store import FeatureStore
-from interbert.data.npz import convert_npz
-from interbert.data.tsv import convert_tsv
+
+from interbert.data.ingest.conversion import ConversionOptions
+from interbert.data.ingest.detections import ConversionError
+from interbert.data.ingest.formats.npz import convert_npz
+from interbert.data.ingest.formats.tsv import convert_tsv
+from interbert.data.store.reader import FeatureStore
 
 
 def _b64(array) -> str:

@@ -4,12 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from data_test_helpers import make_record, put_raw, write_manifest_lines, write_store
-from interbert.data.record_format import encode_record
-from interbert.data.feature_store import CorruptRecordError
-from interbert.data.loader import build_loader
-from interbert.data.pretraining_dataset import DatasetError, PretrainingDataset, PretrainingTasks
+
+from interbert.data.dataset_error import DatasetError
+from interbert.data.loading.loader import build_loader
+from interbert.data.pretraining.dataset import PretrainingDataset
+from interbert.data.pretraining.tasks import PretrainingTasks
+from interbert.data.store.errors import CorruptRecordError
+from interbert.data.store.record_format import encode_record
 
 BATCH_KEYS = ["input_ids", "token_type_ids", "text_mask", "region_features", "region_locations", "region_mask",
               "msm_labels", "mrm_labels", "itm_labels", "msm_positions", "mrm_positions"]
@@ -35,14 +37,16 @@ def test_a_batch_is_exactly_the_batch_contract(synth_corpus, vocab_file):
     expected = {"input_ids": ((b, t), torch.long), "token_type_ids": ((b, t), torch.long),
                 "text_mask": ((b, t), torch.bool), "region_features": ((b, r, 2048), torch.float16),
                 "region_locations": ((b, r, 5), torch.float32), "region_mask": ((b, r), torch.bool),
-                "msm_labels": ((b, t), torch.long), "mrm_labels": ((b, r), torch.long), "itm_labels": ((b,), torch.long),
+                "msm_labels": ((b, t), torch.long), "mrm_labels": ((b, r), torch.long),
+                "itm_labels": ((b,), torch.long),
                 "msm_positions": ((int((batch["msm_labels"] != -100).sum()),), torch.long),
                 "mrm_positions": ((int(((batch["mrm_labels"] != -100) & (batch["itm_labels"] == 1)[:, None]).sum()),),
                                   torch.long)}
     assert {k: (tuple(v.shape), v.dtype) for k, v in batch.items()} == expected
     lengths = batch["text_mask"].sum(1)
     assert lengths.tolist() == [len(s["input_ids"]) for s in samples]
-    assert (batch["input_ids"][~batch["text_mask"]] == 0).all() and (batch["msm_labels"][~batch["text_mask"]] == -100).all()
+    padding = ~batch["text_mask"]
+    assert (batch["input_ids"][padding] == 0).all() and (batch["msm_labels"][padding] == -100).all()
     assert (batch["region_features"][~batch["region_mask"]] == 0).all()
     for row, sample in enumerate(samples):  # a batch pads its samples and changes nothing else
         for key, value in sample.items():

@@ -26,10 +26,10 @@ from peer_writers import (
 )
 
 from interbert.cli import main
-from interbert.data.conversion import ConversionOptions
-from interbert.data.feature_store import FeatureStore
-from interbert.data.tsv import convert_tsv
-from interbert.data.vinvl import convert_vinvl
+from interbert.data.ingest.conversion import ConversionOptions
+from interbert.data.ingest.formats.tsv import convert_tsv
+from interbert.data.ingest.formats.vinvl import convert_vinvl
+from interbert.data.store.reader import FeatureStore
 
 FEATURE_SIZE = 64
 
@@ -82,7 +82,7 @@ class Feeder(threading.Thread):
 
 
 def test_a_fifo_read_with_two_workers_gives_the_store_of_the_plain_file(tmp_path, monkeypatch):
-    from interbert.data import tsv
+    from interbert.data.ingest.formats import tsv
 
     monkeypatch.setattr(tsv, "CHUNK_BYTES", 4_000)  # many blocks, so their order across workers matters
     plain, expected = tsv_source(tmp_path)

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from data_test_helpers import make_record, put_raw, write_store
+
 from interbert.cli import main
-from interbert.data.feature_store import CorruptRecordError, FeatureStore
-from interbert.data.record_format import ChecksumError, decode_record, encode_record
+from interbert.data.store.errors import CorruptRecordError
+from interbert.data.store.reader import FeatureStore
+from interbert.data.store.record_format import ChecksumError, decode_record, encode_record
 
 
 def flip_byte(data: bytes, position: int) -> bytes:

@@ -7,7 +7,6 @@ import sys
 import textwrap
 
 import pytest
-
 from data_test_helpers import make_record
 from test_data_converters import tsv_row
 
@@ -17,7 +16,7 @@ SCRIPT = textwrap.dedent("""
     import os, signal, sys
     signal.signal(signal.SIGINT, signal.default_int_handler)  # a runner started in the background ignores it
     from interbert.cli import main
-    from interbert.data.store_writer import FeatureStoreWriter
+    from interbert.data.store.writer import FeatureStoreWriter
 
     add, calls = FeatureStoreWriter.add_encoded, []
     def add_then_stop(self, *args, **kwargs):

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from data_test_helpers import make_record, write_store
+
 from interbert.cli import main
-from interbert.data.detections import detections_to_record
-from interbert.data.feature_store import FeatureStoreError
-from interbert.data.record_format import RegionRecord
-from interbert.data.store_writer import FeatureStoreWriter
+from interbert.data.ingest.detections import detections_to_record
+from interbert.data.store.errors import FeatureStoreError
+from interbert.data.store.record_format import RegionRecord
+from interbert.data.store.writer import FeatureStoreWriter
 
 
 def class_distribution(classes: list, num_classes: int = 1601) -> np.ndarray:
@@ -66,7 +66,8 @@ def test_the_writer_refuses_labels_that_disagree_with_the_class_distribution(tmp
 
 def test_verify_reports_labels_that_disagree_with_the_stored_distribution(tmp_path, capsys):
     from data_test_helpers import put_raw
-    from interbert.data.record_format import encode_record
+
+    from interbert.data.store.record_format import encode_record
 
     good = make_record("good", class_probs=True)
     path = write_store(tmp_path / "store", [good])

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from interbert.data.itm import CaptionsByImage, draw_itm_captions
-from interbert.data.mrm import mask_regions_mom, mask_regions_mrm
-from interbert.data.msm import draw_segments, replace_masked, segment_mask, token_mask
-from interbert.data.pretraining_dataset import PretrainingDataset, PretrainingTasks, sample_uniforms
+from interbert.data.pretraining.dataset import PretrainingDataset
+from interbert.data.pretraining.itm import CaptionsByImage, draw_itm_captions
+from interbert.data.pretraining.mrm import mask_regions_mom, mask_regions_mrm
+from interbert.data.pretraining.msm import draw_segments, replace_masked, segment_mask, token_mask
+from interbert.data.pretraining.sample_draws import sample_uniforms
+from interbert.data.pretraining.tasks import PretrainingTasks
 
 MASK_ID = 103
 POOL = np.arange(1000, 30000)

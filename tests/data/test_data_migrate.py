@@ -6,11 +6,13 @@ import json
 import lmdb
 import numpy as np
 import pytest
-
 from data_test_helpers import make_record
+
 from interbert.cli import main
-from interbert.data.feature_store import METADATA_KEY, FeatureStore, LegacyStoreError
-from interbert.data.record_format import LEGACY_VERSION, RegionRecord, encode_record
+from interbert.data.store.errors import LegacyStoreError
+from interbert.data.store.metadata import METADATA_KEY
+from interbert.data.store.reader import FeatureStore
+from interbert.data.store.record_format import LEGACY_VERSION, RegionRecord, encode_record
 
 
 def write_schema1_store(path, records, created_by: str, has_class_probs: bool) -> str:

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from peer_writers import Poison, assert_stored, detections, write_milvlg_npz
-from interbert.data.conversion import ConversionOptions
-from interbert.data.detections import ConversionError
-from interbert.data.feature_store import FeatureStore
-from interbert.data.npz import convert_npz
+
+from interbert.data.ingest.conversion import ConversionOptions
+from interbert.data.ingest.detections import ConversionError
+from interbert.data.ingest.formats.npz import convert_npz
+from interbert.data.store.reader import FeatureStore
 
 
 def test_milvlg_npz_labels_and_confidences_come_from_info(tmp_path):

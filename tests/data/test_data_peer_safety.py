@@ -6,11 +6,11 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
-
 from peer_writers import Poison, msgpack_numpy_dumps
-from interbert.data.detections import ConversionError
-from interbert.data.safe_msgpack import safe_unpackb
-from interbert.data.safe_pickle import safe_loads
+
+from interbert.data.ingest.detections import ConversionError
+from interbert.data.ingest.formats.safe_msgpack import safe_unpackb
+from interbert.data.ingest.formats.safe_pickle import safe_loads
 
 
 def test_safe_loads_reads_plain_data_and_numeric_arrays():

@@ -16,10 +16,10 @@ from peer_writers import (
 )
 
 from interbert.cli import main
-from interbert.data.conversion import ConversionOptions
-from interbert.data.detections import ConversionError
-from interbert.data.feature_store import FeatureStore
-from interbert.data.tensorpack_lmdb import convert_tensorpack_lmdb
+from interbert.data.ingest.conversion import ConversionOptions
+from interbert.data.ingest.detections import ConversionError
+from interbert.data.ingest.formats.tensorpack_lmdb import convert_tensorpack_lmdb
+from interbert.data.store.reader import FeatureStore
 
 
 def cc_source(tmp_path, count=3):

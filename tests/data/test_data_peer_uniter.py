@@ -22,10 +22,10 @@ from peer_writers import (
 )
 
 from interbert.cli import main
-from interbert.data.conversion import ConversionOptions
-from interbert.data.detections import ConversionError
-from interbert.data.feature_store import FeatureStore
-from interbert.data.uniter_lmdb import convert_uniter_lmdb
+from interbert.data.ingest.conversion import ConversionOptions
+from interbert.data.ingest.detections import ConversionError
+from interbert.data.ingest.formats.uniter_lmdb import convert_uniter_lmdb
+from interbert.data.store.reader import FeatureStore
 
 
 def uniter_source(tmp_path, compress=False, flat_conf=False):

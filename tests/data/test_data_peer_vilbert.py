@@ -4,14 +4,21 @@ from __future__ import annotations
 import pickle
 
 import pytest
+from peer_writers import (
+    Poison,
+    assert_one_error_line,
+    assert_stored,
+    detections,
+    put_value,
+    write_vilbert_numpy_lmdb,
+    write_vilbert_tsv_lmdb,
+)
 
-from peer_writers import (Poison, assert_one_error_line, assert_stored, detections, put_value,
-                          write_vilbert_numpy_lmdb, write_vilbert_tsv_lmdb)
 from interbert.cli import main
-from interbert.data.conversion import ConversionOptions
-from interbert.data.detections import ConversionError
-from interbert.data.feature_store import FeatureStore
-from interbert.data.vilbert_lmdb import convert_vilbert_lmdb
+from interbert.data.ingest.conversion import ConversionOptions
+from interbert.data.ingest.detections import ConversionError
+from interbert.data.ingest.formats.vilbert_lmdb import convert_vilbert_lmdb
+from interbert.data.store.reader import FeatureStore
 
 
 @pytest.mark.parametrize("python36", [False, True], ids=["dict-protocol4", "ordereddict-protocol3"])

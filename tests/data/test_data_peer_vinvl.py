@@ -5,14 +5,21 @@ import os
 
 import numpy as np
 import pytest
+from peer_writers import (
+    assert_one_error_line,
+    assert_stored,
+    detections,
+    tsv_writer,
+    vinvl_feature_row,
+    vinvl_labelmap,
+    vinvl_prediction_row,
+)
 
-from peer_writers import (assert_one_error_line, assert_stored, detections, tsv_writer, vinvl_feature_row,
-                          vinvl_labelmap, vinvl_prediction_row)
 from interbert.cli import main
-from interbert.data.conversion import ConversionOptions
-from interbert.data.detections import ConversionError
-from interbert.data.feature_store import FeatureStore
-from interbert.data.vinvl import convert_vinvl
+from interbert.data.ingest.conversion import ConversionOptions
+from interbert.data.ingest.detections import ConversionError
+from interbert.data.ingest.formats.vinvl import convert_vinvl
+from interbert.data.store.reader import FeatureStore
 
 CLASS_NAMES = [f"class{i}" for i in range(1, 1601)]
 

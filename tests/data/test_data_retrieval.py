@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from interbert.data.pretraining_dataset import DatasetError
-from interbert.data.retrieval import RetrievalCorpus
+from interbert.data.dataset_error import DatasetError
+from interbert.data.retrieval.corpus import RetrievalCorpus
 
 
 @pytest.fixture(scope="module")

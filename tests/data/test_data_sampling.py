@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from interbert.data.loader import build_loader
-from interbert.data.pretraining_dataset import PretrainingDataset
-from interbert.data.sampling import DistributedShardSampler
+from interbert.data.loading.loader import build_loader
+from interbert.data.loading.sampler import DistributedShardSampler
+from interbert.data.pretraining.dataset import PretrainingDataset
 
 
 def shares(num_samples, world_size, **kwargs):
-    return [list(DistributedShardSampler(num_samples, rank, world_size, seed=1, **kwargs)) for rank in range(world_size)]
+    return [list(DistributedShardSampler(num_samples, rank, world_size, seed=1, **kwargs))
+            for rank in range(world_size)]
 
 
 def test_two_ranks_get_disjoint_shares_that_cover_the_dataset():

@@ -6,11 +6,15 @@ import shutil
 
 import numpy as np
 import pytest
-
 from data_test_helpers import make_record, write_manifest_lines, write_store
+
 from interbert.cli import main
-from interbert.data.feature_store import FeatureStore, MissingImageError, forget_environment, shard_of
-from interbert.data.pretraining_dataset import PretrainingDataset, PretrainingTasks
+from interbert.data.pretraining.dataset import PretrainingDataset
+from interbert.data.pretraining.tasks import PretrainingTasks
+from interbert.data.store.environment_cache import forget_environment
+from interbert.data.store.errors import MissingImageError
+from interbert.data.store.layout import shard_of
+from interbert.data.store.reader import FeatureStore
 
 
 def records(ids, seed0: int = 0):
@@ -87,7 +91,8 @@ def test_merge_refuses_an_image_in_two_parts(tmp_path, capsys):
 
 def test_verify_finds_a_record_in_the_wrong_shard(tmp_path, capsys):
     from data_test_helpers import put_raw
-    from interbert.data.record_format import encode_record
+
+    from interbert.data.store.record_format import encode_record
 
     path = write_store(tmp_path / "store", records(["a", "b", "c"]), shards=2)
     stray = next(f"s{i}" for i in range(100) if shard_of(f"s{i}", 2) == 1)

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from data_test_helpers import make_record, put_raw, write_store
-from interbert.data.record_format import encode_record
-from interbert.data.feature_store import (CorruptRecordError, FeatureStore, FeatureStoreError, MissingImageError,
-                                          shared_environment)
-from interbert.data.store_writer import FeatureStoreWriter
-from interbert.data.record_format import decode_record
+
+from interbert.data.store.environment_cache import shared_environment
+from interbert.data.store.errors import CorruptRecordError, FeatureStoreError, MissingImageError
+from interbert.data.store.reader import FeatureStore
+from interbert.data.store.record_format import decode_record, encode_record
+from interbert.data.store.writer import FeatureStoreWriter
 
 
 def test_record_round_trip_keeps_arrays_up_to_fp16(tmp_path):

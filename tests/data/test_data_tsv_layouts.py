@@ -13,10 +13,10 @@ import pytest
 from data_test_helpers import make_record, write_bottom_up_tsv
 
 from interbert.cli import main
-from interbert.data.conversion import ConversionOptions
-from interbert.data.detections import ConversionError
-from interbert.data.feature_store import FeatureStore
-from interbert.data.tsv import convert_tsv
+from interbert.data.ingest.conversion import ConversionOptions
+from interbert.data.ingest.detections import ConversionError
+from interbert.data.ingest.formats.tsv import convert_tsv
+from interbert.data.store.reader import FeatureStore
 
 # LXMERT / py-bottom-up-attention: csv.DictWriter(delimiter="\t", fieldnames=...) with the
 # defaults (lines end in "\r\n"), arrays base64 of float32 / int64 (airsplay/py-bottom-up-attention,
@@ -92,7 +92,7 @@ def test_characters_outside_base64_are_an_error_not_dropped(tmp_path):
 
 
 def test_two_workers_write_the_same_store_as_one(tmp_path, monkeypatch):
-    from interbert.data import tsv
+    from interbert.data.ingest.formats import tsv
 
     monkeypatch.setattr(tsv, "CHUNK_BYTES", 20_000)  # many units, so the order across workers matters
     records = [make_record(f"{i}", num_regions=2 + i % 5, seed=i) for i in range(30)]

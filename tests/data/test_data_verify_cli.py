@@ -4,14 +4,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
-
 from data_test_helpers import make_record, put_raw, write_manifest_lines, write_store
-from interbert.data.record_format import encode_record
+
 from interbert.cli import main
-from interbert.data.feature_store import FeatureStore
-from interbert.data.synth import OBJECT_WORDS, synthesize_corpus
-from interbert.data.tokenization import load_tokenizer
-from interbert.data.regions import box_iou
+from interbert.data.ingest.synth import OBJECT_WORDS, synthesize_corpus
+from interbert.data.loading.regions import box_iou
+from interbert.data.store.reader import FeatureStore
+from interbert.data.store.record_format import encode_record
+from interbert.data.text.tokenization import load_tokenizer
 
 
 def test_synth_corpus_passes_verify(tmp_path, capsys):

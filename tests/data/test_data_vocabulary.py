@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from interbert.data.tokenization import VocabularyError, find_vocab
+from interbert.data.text.tokenization import VocabularyError, find_vocab
 
 
 def test_the_flag_wins_and_must_exist(tmp_path, vocab_file):

@@ -16,7 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def ft_corpus(tmp_path_factory) -> Path:
     """24 synthetic images (16 train, 4 val, 4 test), 3 captions each: features/, captions.jsonl."""
-    from interbert.data.synth import synthesize_corpus
+    from interbert.data.ingest.synth import synthesize_corpus
 
     root = tmp_path_factory.mktemp("ft") / "corpus"
     synthesize_corpus(root, num_images=24, seed=1, captions_per_image=3, val_images=4, test_images=4,
@@ -63,9 +63,9 @@ def vcr_line_factory():
 def vcr_data(ft_corpus, tmp_path_factory) -> dict:
     """train.jsonl / val.jsonl over the synthetic images and a ground-truth box store whose
     records hold one box per annotated object."""
-    from interbert.data.feature_store import FeatureStore
-    from interbert.data.store_writer import FeatureStoreWriter
-    from interbert.data.record_format import RegionRecord
+    from interbert.data.store.reader import FeatureStore
+    from interbert.data.store.record_format import RegionRecord
+    from interbert.data.store.writer import FeatureStoreWriter
 
     root = tmp_path_factory.mktemp("vcr")
     images = sorted(FeatureStore(ft_corpus / "features").keys())
@@ -151,7 +151,7 @@ def ds_config_writer():
 @pytest.fixture(scope="session")
 def run_finetune():
     """The real entry point in this process (single rank): run_finetune(*argv) -> exit status."""
-    from interbert.data.tokenization import default_vocab_file
+    from interbert.data.text.tokenization import default_vocab_file
     from interbert.finetune import main
 
     def run(*argv: str, vocab: bool = True) -> int:

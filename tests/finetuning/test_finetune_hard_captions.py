@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from interbert.config import InterBertConfig
-from interbert.data.tokenization import VOCAB_NAME, default_vocab_file
+from interbert.data.text.tokenization import VOCAB_NAME, default_vocab_file
 from interbert.finetuning.flickr30k import Flickr30kTrainSet, HardCaptionPool
 from interbert.finetuning.hard_captions import main as hard_captions
 from interbert.modeling import InterBertForPretraining

@@ -8,7 +8,13 @@ import torch
 
 from interbert.evaluation.metrics import retrieval_metrics
 from interbert.finetuning.metrics import (
-    accuracy, average_ranks, f1_binary, glue_metrics, matthews_correlation, qar_accuracy, spearman_correlation,
+    accuracy,
+    average_ranks,
+    f1_binary,
+    glue_metrics,
+    matthews_correlation,
+    qar_accuracy,
+    spearman_correlation,
 )
 
 

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from interbert.data.pretraining_dataset import DatasetError
-from interbert.data.tokenization import load_tokenizer
+from interbert.data.dataset_error import DatasetError
+from interbert.data.text.tokenization import load_tokenizer
 from interbert.finetuning.glue import TASKS, GlueDataset, GlueFormatError, glue_task, read_glue_tsv
 from interbert.finetuning.vcr import NEUTRAL_NAMES, VcrDataset, VcrFormatError, read_vcr, render
 
@@ -138,7 +138,7 @@ def test_flickr30k_image_missing_from_the_store_is_named(ft_corpus, tmp_path):
 
 
 def test_flickr30k_bad_manifest_line_is_named(ft_corpus, tmp_path):
-    from interbert.data.manifests import ManifestError
+    from interbert.data.text.manifests import ManifestError
     from interbert.finetuning.flickr30k import Flickr30kTrainSet
 
     manifest = tmp_path / "f30k.jsonl"

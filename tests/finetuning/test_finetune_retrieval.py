@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from interbert.data.retrieval import RetrievalCorpus
-from interbert.evaluation.metrics import image_to_text_ranks, retrieval_metrics, text_to_image_ranks
+from interbert.data.retrieval.corpus import RetrievalCorpus
 from interbert.evaluation.full_retrieval import evaluate_full_retrieval
+from interbert.evaluation.metrics import image_to_text_ranks, retrieval_metrics, text_to_image_ranks
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_two_stage_with_a_small_k_ranks_outside_candidates_below_them(corpus, ti
 
 
 def test_mined_hard_negative_is_the_best_scoring_other_image(ft_corpus, tiny_model):
-    from interbert.data.sampling import DistributedShardSampler
+    from interbert.data.loading.sampler import DistributedShardSampler
     from interbert.finetuning.flickr30k import Flickr30kTrainSet, HardNegativeMiner
 
     dataset = Flickr30kTrainSet(ft_corpus / "features", ft_corpus / "captions.jsonl", max_regions=12)
@@ -81,7 +81,8 @@ def test_mined_hard_negative_is_the_best_scoring_other_image(ft_corpus, tiny_mod
         with torch.no_grad():
             for image in range(images):
                 features, locations = dataset.image(image)
-                batch = {"input_ids": torch.from_numpy(text[0])[None], "token_type_ids": torch.from_numpy(text[1])[None],
+                batch = {"input_ids": torch.from_numpy(text[0])[None],
+                         "token_type_ids": torch.from_numpy(text[1])[None],
                          "text_mask": torch.ones(1, len(text[0]), dtype=torch.bool),
                          "region_features": torch.from_numpy(features)[None],
                          "region_locations": torch.from_numpy(locations)[None],

@@ -145,7 +145,7 @@ def test_vcr_test_split_writes_the_leaderboards_q2ar_submission(vcr_data, tmp_pa
     leaderboard's CSV (probabilities per 4-way group), and the conditioned texts really differ."""
     import csv
 
-    from interbert.data.tokenization import default_vocab_file, load_tokenizer
+    from interbert.data.text.tokenization import default_vocab_file, load_tokenizer
     from interbert.finetuning.vcr import SUBMISSION_COLUMNS, VcrDataset, read_vcr
 
     lines = [json.loads(line) for line in vcr_data["val"].read_text().splitlines()]
@@ -168,8 +168,8 @@ def test_vcr_test_split_writes_the_leaderboards_q2ar_submission(vcr_data, tmp_pa
         groups = [sum(float(v) for v in row[1 + 4 * g:5 + 4 * g]) for g in range(5)]
         assert groups == pytest.approx([1.0] * 5, abs=1e-5)
 
-    dataset = VcrDataset(read_vcr(test, require_labels=False), vcr_data["features"], load_tokenizer(default_vocab_file()),
-                         max_length=64, conditioned=True)
+    dataset = VcrDataset(read_vcr(test, require_labels=False), vcr_data["features"],
+                         load_tokenizer(default_vocab_file()), max_length=64, conditioned=True)
     assert len(dataset) == 5 * len(lines)
     firsts = [tuple(dataset[1 + g]["texts"][0][0]) for g in range(4)]  # QA->R on answers 0..3, rationale 0
     assert len(set(firsts)) == 4

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interbert.data.retrieval import RetrievalCorpus
+from interbert.data.retrieval.corpus import RetrievalCorpus
 from interbert.evaluation.bucket_scoring import BucketScorer, length_groups, model_in_precision
 from interbert.evaluation.full_retrieval import bucket_blocks, evaluate_full_retrieval, score_all_pairs, score_pair_list
 from interbert.evaluation.pair_scoring import PairEmbedder, embed_in_chunks

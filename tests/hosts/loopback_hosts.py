@@ -84,7 +84,7 @@ class LoopbackHosts:
                               timeout=timeout)
 
     # ------------------------------------------------------------------ set-up
-    def start(self) -> "LoopbackHosts":
+    def start(self) -> LoopbackHosts:
         self.root.mkdir(parents=True, exist_ok=True)
         self.node_local.mkdir(exist_ok=True)
         self.bin.mkdir(exist_ok=True)

@@ -14,10 +14,24 @@ from pathlib import Path
 import pytest
 import torch
 from training_test_helpers import (
-    REPO, explain, launch_deepspeed, pretrain_args, read_train_log, subprocess_env, write_ds_config,
+    REPO,
+    explain,
+    launch_deepspeed,
+    pretrain_args,
+    read_train_log,
+    subprocess_env,
+    write_ds_config,
 )
 from two_host_jobs import (
-    end_job, launcher_pid, processes, rank_output, rank_pid, run, start, wait_for, wait_for_steps,
+    end_job,
+    launcher_pid,
+    processes,
+    rank_output,
+    rank_pid,
+    run,
+    start,
+    wait_for,
+    wait_for_steps,
 )
 
 from interbert.modeling import InterBertForPretraining

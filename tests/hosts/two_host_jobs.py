@@ -6,7 +6,15 @@ import subprocess
 from pathlib import Path
 
 from training_test_helpers import (
-    BIN, REPO, free_port, kill_job, pretrain_args, read_train_log, subprocess_env, wait_for, write_ds_config,
+    BIN,
+    REPO,
+    free_port,
+    kill_job,
+    pretrain_args,
+    read_train_log,
+    subprocess_env,
+    wait_for,
+    write_ds_config,
 )
 
 MASTER = "127.0.0.1"

@@ -7,8 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from interbert.modeling import layer_norm as layer_norm_module
-from interbert.modeling.fused import (ApexProbe, apex_layer_norm, choose_apex_layer_norm, compare_with_torch,
-                                      find_nvidia_apex, probe_nvidia_apex)
+from interbert.modeling.fused import (
+    ApexProbe,
+    apex_layer_norm,
+    choose_apex_layer_norm,
+    compare_with_torch,
+    find_nvidia_apex,
+    probe_nvidia_apex,
+)
 from interbert.modeling.layer_norm import layer_norm_implementation
 
 ALL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)

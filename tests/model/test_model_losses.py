@@ -10,7 +10,8 @@ def labelled(config, batch, itm=(1, 1)):
     batch["msm_labels"] = torch.full(batch["input_ids"].shape, -100)
     batch["mrm_labels"] = torch.full(batch["region_mask"].shape, -100)
     batch["mrm_soft_labels"] = torch.softmax(
-        torch.randn(*batch["region_mask"].shape, config.num_region_classes, generator=torch.Generator().manual_seed(3)), -1)
+        torch.randn(*batch["region_mask"].shape, config.num_region_classes,
+                    generator=torch.Generator().manual_seed(3)), -1)
     batch["itm_labels"] = torch.tensor(itm)
     batch["msm_labels"][0, 2] = 17
     batch["mrm_labels"][1, 3] = 4

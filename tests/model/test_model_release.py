@@ -247,7 +247,8 @@ def test_a_vcr_head_starts_from_the_release_vil_logit(tmp_path, release_like_con
     with torch.no_grad():
         scores = model.predict(**{key: value[None] for key, value in flat.items()})  # 1 question × 4 choices
         output = model.pretraining.interbert(**flat)
-    expected = (output.pooled_text * output.pooled_image) @ vil_logit["vil_logit.weight"].T + vil_logit["vil_logit.bias"]
+    pooled = output.pooled_text * output.pooled_image
+    expected = pooled @ vil_logit["vil_logit.weight"].T + vil_logit["vil_logit.bias"]
     assert torch.allclose(scores[0], expected[:, 0], atol=1e-5)
 
     fresh = InterBertForFinetuning.from_pretrained(tmp_path / "out", TaskSpec("glue-sst2", "classification", 2))

@@ -89,7 +89,8 @@ def test_a_truncated_weights_file_is_named_not_a_traceback(tmp_path, small_confi
     InterBertForPretraining(small_config).save_pretrained(tmp_path / "model")
     weights = tmp_path / "model" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # a copy cut short
-    with pytest.raises(ModelFileError, match=r"model\.safetensors: incomplete: .* ends at byte 1,000; download or copy"):
+    with pytest.raises(ModelFileError,
+                       match=r"model\.safetensors: incomplete: .* ends at byte 1,000; download or copy"):
         InterBertForPretraining.from_pretrained(tmp_path / "model")
     assert main(["evaluate", "retrieval", "--model", str(tmp_path / "model"), "--features", str(tmp_path),
                  "--captions", str(weights)]) == 2

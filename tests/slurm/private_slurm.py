@@ -54,7 +54,7 @@ class PrivateSlurm:
         env["SLURM_CONF"] = str(self.conf)
         return env
 
-    def start(self, timeout: float = 30) -> "PrivateSlurm":
+    def start(self, timeout: float = 30) -> PrivateSlurm:
         self._start_munge()
         self._write_conf()
         command = ["slurmctld", "-D", "-f", str(self.conf)]

@@ -9,7 +9,7 @@ import torch
 
 from interbert.cli import main
 from interbert.config import InterBertConfig
-from interbert.data.tokenization import default_vocab_file
+from interbert.data.text.tokenization import default_vocab_file
 from interbert.evaluation.full_retrieval import evaluate_full_retrieval
 from interbert.evaluation.metrics import retrieval_metrics
 from interbert.evaluation.retrieval import build_retrieval_corpus

@@ -51,7 +51,8 @@ def test_bf16_from_the_config_on_a_v100_names_the_file_and_the_key():
         check_cuda_device((7, 0), CU126_ARCHES, V100, "bf16", "v100.json")
     with pytest.raises(UsageError, match=r"^--precision bf16 asks for bf16.*pass --precision fp16"):
         check_cuda_device((7, 0), CU126_ARCHES, V100, "bf16", "v100.json", "--precision bf16")
-    assert check_cuda_device((8, 0), CU126_ARCHES, "NVIDIA A100-SXM4-40GB", "bf16", "a100.json").startswith("NVIDIA A100")
+    assert check_cuda_device((8, 0), CU126_ARCHES, "NVIDIA A100-SXM4-40GB", "bf16",
+                             "a100.json").startswith("NVIDIA A100")
 
 
 def test_resolve_precision_checks_the_card_on_cuda_only():

@@ -12,7 +12,8 @@ import time
 import pytest
 from training_test_helpers import REPO, explain, pretrain_args, subprocess_env, wait_for, write_ds_config
 
-from interbert.training.extensions import StaleBuildLock, check_build_locks, op_build_directory
+from interbert.training.extensions import StaleBuildLock, check_build_locks
+from interbert.training.op_cache import op_build_directory
 
 
 def make_lock(root, name="deepspeed_shm_comm", age=600.0):
@@ -47,7 +48,8 @@ def test_a_lock_just_taken_by_a_live_build_is_waited_for_naming_its_holder(tmp_p
     folder = tmp_path / "py311_cpu" / "cpu_adam"
     folder.mkdir(parents=True)
     lock = folder / "lock"
-    take_it = (f"import time\nfrom torch.utils.file_baton import FileBaton\nassert FileBaton({str(lock)!r}).try_acquire()"
+    take_it = ("import time\nfrom torch.utils.file_baton import FileBaton\n"
+               f"assert FileBaton({str(lock)!r}).try_acquire()"
                "\nprint('taken', flush=True)\ntime.sleep(60)")
     # torch's own baton, taken as a build takes it, before any compiler runs in the folder
     holder = subprocess.Popen([sys.executable, "-c", take_it], stdout=subprocess.PIPE, text=True)

@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 from training_test_helpers import (
-    REPO, explain, launch_deepspeed, pretrain_args, read_train_log, subprocess_env, write_ds_config,
+    REPO,
+    explain,
+    launch_deepspeed,
+    pretrain_args,
+    read_train_log,
+    subprocess_env,
+    write_ds_config,
 )
 
 from interbert.config import InterBertConfig

@@ -10,7 +10,14 @@ import time
 
 import pytest
 from training_test_helpers import (
-    BIN, PRETRAIN, REPO, explain, free_port, pretrain_args, read_train_log, subprocess_env,
+    BIN,
+    PRETRAIN,
+    REPO,
+    explain,
+    free_port,
+    pretrain_args,
+    read_train_log,
+    subprocess_env,
     write_ds_config,
 )
 

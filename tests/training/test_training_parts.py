@@ -157,6 +157,11 @@ def test_missing_batch_key_is_derived_as_deepspeed_does():
     assert resolved["gradient_accumulation_steps"] == 2
 
 
+def test_a_micro_batch_alone_means_no_accumulation_as_in_deepspeed():
+    resolved = resolve_batch_sizes({"train_micro_batch_size_per_gpu": 4}, 2, "x.json")
+    assert (resolved["train_batch_size"], resolved["gradient_accumulation_steps"]) == (8, 1)
+
+
 def test_paper_schedule_length():
     assert total_steps_for_epochs(4_777_000, 20, 512) == 186_602
 
@@ -199,7 +204,8 @@ def test_the_cpu_demo_configs_serve_one_and_two_ranks(name, micro):
     config = load_ds_config(path)
     for world, accumulation in ((1, 2), (2, 1)):
         resolved = resolve_batch_sizes(config, world, path)
-        assert (resolved["train_micro_batch_size_per_gpu"], resolved["gradient_accumulation_steps"]) == (micro, accumulation)
+        assert (resolved["train_micro_batch_size_per_gpu"],
+                resolved["gradient_accumulation_steps"]) == (micro, accumulation)
         assert resolved["train_batch_size"] == micro * accumulation * world
 
 

@@ -6,7 +6,11 @@ import shutil
 
 import pytest
 from training_test_helpers import (
-    explain, launch_deepspeed, pretrain_args, read_train_log, write_ds_config,
+    explain,
+    launch_deepspeed,
+    pretrain_args,
+    read_train_log,
+    write_ds_config,
 )
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from training_test_helpers import PRETRAIN, REPO, VOCAB, explain, read_train_log, subprocess_env, write_ds_config
 
-from interbert.data.feature_store import FeatureStore, forget_environment
+from interbert.data.store.environment_cache import forget_environment
+from interbert.data.store.reader import FeatureStore
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
 from data_test_helpers import put_raw  # noqa: E402

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 from training_test_helpers import (
-    BIN, REPO, free_port, kill_job, pretrain_args, read_train_log, subprocess_env, wait_for, write_ds_config,
+    BIN,
+    REPO,
+    free_port,
+    kill_job,
+    pretrain_args,
+    read_train_log,
+    subprocess_env,
+    wait_for,
+    write_ds_config,
 )
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from interbert.data.tokenization import default_vocab_file
+from interbert.data.text.tokenization import default_vocab_file
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the virtual environment's bin: deepspeed, mpirun
