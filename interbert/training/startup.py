@@ -12,8 +12,6 @@ Entry points pass typed `RunSettings`, never argparse Namespaces.
 """
 from __future__ import annotations
 
-import faulthandler
-import io
 import json
 import os
 import random
@@ -189,14 +187,6 @@ def check_checkpoint_folder(job: Job) -> None:
         check_precision(run.checkpoint_dir, job.precision.name)
 
 
-def enable_fault_stacks() -> None:
-    """A rank that dies in native code (SIGSEGV, an abort) prints every thread's Python stack."""
-    try:
-        faulthandler.enable()
-    except (AttributeError, ValueError, io.UnsupportedOperation):  # a stderr without a file descriptor
-        pass
-
-
 def start(job: Job, checks: Sequence[Callable[[], None]] = ()):
     """The process group (collective), the checks every host must pass (the shared --output-dir,
     the checkpoint folder, then `checks`: the entry point's inputs), CPU threads, the first lines."""
@@ -207,7 +197,6 @@ def start(job: Job, checks: Sequence[Callable[[], None]] = ()):
 
     if job.placement.launcher != "single process":
         install_console(job.run.output_dir, job.placement.rank)  # prints survive a closed ssh session
-        enable_fault_stacks()
 
     check_build_locks(job.say)  # the process group's start may compile an op: never wait on a dead build
     timeout = job.run.rank_timeout + 60 if job.run.rank_timeout else None  # the watchdog speaks first
