@@ -7,7 +7,7 @@
 # that fails or runs out of time is recorded and the check goes on with the next one.
 #   gpu             nvidia-smi: name, memory, driver, compute capability
 #   device          torch's device name and capability, the precisions to time, the peak of each
-#                   (interbert/training/flops.py: the SKU table, or a measured matmul) and its source
+#                   (interbert/training/peaks.py: the SKU table, or a measured matmul) and its source
 #   ops             DeepSpeed's FusedAdam built once (JIT), before anything is timed; when it cannot
 #                   be, the training steps run the same config with torch's fused AdamW (torch_adam,
 #                   fused), and the JSON says so (the ops step's status, each row's optimizer)
@@ -112,7 +112,7 @@ fi
 step device 60 "$PY" - "$OUT/device.json" <<'EOF'
 import json, sys
 import torch
-from interbert.training.flops import device_peak
+from interbert.training.peaks import device_peak
 
 cuda = torch.cuda.is_available()
 device = torch.device("cuda" if cuda else "cpu")

@@ -35,6 +35,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,6 +205,8 @@ def parse_args(argv=None):
     parser.add_argument("--work-dir", help="keep the synthetic corpora and every run here (default: a temporary "
                                            "folder)")
     parser.add_argument("--json", help="write the settings, per-seed values and the table here")
+    parser.add_argument("--parallel-seeds", type=int, default=1,
+                        help="seeds run side by side, each its runs one after another (default 1)")
     args = parser.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
@@ -210,6 +214,8 @@ def parse_args(argv=None):
     args.vocab = args.vocab or default_vocab_file()
     if not 0 < args.warmup_fraction <= 1:
         parser.error("--warmup-fraction must be in (0, 1]")
+    if args.parallel_seeds < 1:
+        parser.error("--parallel-seeds must be at least 1")
     return args
 
 
@@ -221,11 +227,15 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(args.work_dir or scratch)
         work.mkdir(parents=True, exist_ok=True)
-        for seed in range(args.seeds):
-            results, corpus = run_seed(seed, args, work)
-            per_seed.append(results)
-            corpora.append(corpus)
-            print(f"seed {seed} done after {time.perf_counter() - started:.0f} s", flush=True)
+        # One process per seed (a fresh interpreter each: transformers' lazy first import is not
+        # thread-safe, and each seed's runs are subprocesses anyway).
+        with ProcessPoolExecutor(max_workers=args.parallel_seeds, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(run_seed, seed, args, work) for seed in range(args.seeds)]
+            for seed, future in enumerate(futures):
+                results, corpus = future.result()
+                per_seed.append(results)
+                corpora.append(corpus)
+                print(f"seed {seed} done after {time.perf_counter() - started:.0f} s", flush=True)
     test_images, test_captions = corpora[0]["test_images"], corpora[0]["test_captions"]
     chance = {"images": test_images, "captions": test_captions,
               **{k: v for k, v in chance_metrics(test_images, test_captions).items() if k in RECALLS}}

@@ -6,7 +6,7 @@ the same run, and the 8×V100-16GB plan of the paper's setup built from the meas
       --baseline hf-eager --json runs/throughput.json --plot runs/throughput.png
 
 For each micro-batch: samples/s, tokens/s, the forward / backward / optimizer-step split,
-achieved TFLOP/s on real (unpadded) tokens (interbert/training/flops.py), MFU against the
+achieved TFLOP/s on real (unpadded) tokens (interbert/modeling/flops.py), MFU against the
 device's peak (a table for GPUs; on a CPU, a large matmul measured in this run) and memory
 (benchmarks/memory_meter.py). `--data STORE --captions FILE` feeds real batches from a
 feature store, so the data path is timed too.
@@ -28,15 +28,18 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from baseline import compare, read_baseline, write_baseline  # noqa: E402
 from memory_meter import SavedTensorMeter, model_state_bytes  # noqa: E402
 from v100_plan import PlanAssumptions, plan  # noqa: E402
 
 from interbert.config import PRESETS, InterBertConfig  # noqa: E402
 from interbert.modeling import InterBertForPretraining  # noqa: E402
+from interbert.modeling.flops import batch_flops, sample_flops  # noqa: E402
 from interbert.modeling.layer_norm import layer_norm_implementation  # noqa: E402
 from interbert.modeling.parameters import count_parameters  # noqa: E402
-from interbert.training.flops import batch_flops, device_peak, measured_matmul_peak, sample_flops  # noqa: E402
+from interbert.training.distributed import skip_single_rank_allreduce  # noqa: E402
 from interbert.training.optimizer import adapt_to_device, describe_optimizer, parameter_groups  # noqa: E402
+from interbert.training.peaks import device_peak, measured_matmul_peak  # noqa: E402
 from interbert.training.precision import resolve_precision  # noqa: E402
 
 MIB = 1024 ** 2
@@ -143,23 +146,6 @@ class Ours:
 
     def state_bytes(self):
         return model_state_bytes(self.module, self.engine.optimizer)
-
-
-def skip_single_rank_allreduce(engine) -> bool:
-    """On a data-parallel world of one, stop the engine's post-backward all-reduce where it is
-    a pure copy: DeepSpeed's BF16_Optimizer keeps the fp32 gradients in one flat buffer, and
-    the engine still concatenates that buffer into a new one, "all-reduces" it over one rank,
-    divides by 1 and copies it back (with the default bf16 communication type it also rounds
-    the fp32 gradients to bf16 and back). With communication_data_type fp32 skipping it leaves
-    every gradient bit-identical (tests/benchmarks/test_throughput_accumulation.py checks it).
-    DeepSpeedZeroOptimizer is left alone: its reduce_gradients also builds the partition the
-    optimizer reads. Returns whether the all-reduce is skipped."""
-    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
-
-    if engine.dp_world_size != 1 or not isinstance(engine.optimizer, BF16_Optimizer):
-        return False
-    engine.enable_backward_allreduce = False  # what the engine itself does without a backend
-    return True
 
 
 class PlainTorch:
@@ -298,6 +284,7 @@ def measure(system, batches, config, micro, args, device, peak) -> dict:
         raise RuntimeError(f"{system.name}: {optimizer_steps} optimizer steps in {args.steps} windows")
     elapsed = sum(timings.values())
     achieved = flops / elapsed
+    floor = flops / peak.flops_per_second  # the step's FLOPs at the measured matmul peak
     result = {
         "system": system.name,
         "micro_batch": micro,
@@ -310,6 +297,10 @@ def measure(system, batches, config, micro, args, device, peak) -> dict:
         "ms_per_step": {k: 1000 * v / args.steps for k, v in timings.items()},
         "tflops": achieved / 1e12,
         "mfu": achieved / peak.flops_per_second,
+        # the bare work: the step's FLOPs at the peak of this run, and the share of a profiled step
+        # that its matmul-family ops take (matmul_ops: mm, addmm, bmm, baddbmm, fused attention)
+        "matmul_floor_ms_per_step": 1000 * floor / args.steps,
+        "outside_matmul_share": 1 - matmul_share(system, batches, device, accumulation),
         "activation_bytes": meter.bytes,
         "model_state_bytes": states,
         "optimizer": system.optimizer_name,
@@ -322,6 +313,26 @@ def measure(system, batches, config, micro, args, device, peak) -> dict:
         result["cuda_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
         result["memory_bytes"] = result["cuda_peak_allocated_bytes"]
     return result
+
+
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm",
+              "aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_flash_attention",
+              "aten::_scaled_dot_product_efficient_attention", "aten::_scaled_dot_product_cudnn_attention")
+
+
+def matmul_share(system, batches, device, accumulation) -> float:
+    """The share of one profiled optimizer step's wall time spent in matmul-family ops (their own time:
+    on a CPU the ops' self time, on CUDA their kernels' device time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as profiled:
+        started = time.perf_counter()
+        _window(system, batches, device, accumulation)
+        wall = time.perf_counter() - started
+    field = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    in_matmuls = sum(getattr(event, field) for event in profiled.key_averages() if event.key in MATMUL_OPS)
+    return min(in_matmuls / 1e6 / wall, 1.0)
 
 
 # ---------------------------------------------------------------------------- report
@@ -347,13 +358,15 @@ def environment(device, precision, peak) -> dict:
 
 def print_table(results):
     header = (f"{'system':<16}{'micro':>6}{'accum':>6}{'samples/s':>11}{'tokens/s':>10}{'data ms':>9}{'fwd ms':>9}"
-              f"{'bwd ms':>9}{'step ms':>9}{'TFLOP/s':>9}{'MFU':>7}{'act MiB':>9}{'states MiB':>11}{'mem MiB':>9}")
+              f"{'bwd ms':>9}{'step ms':>9}{'total ms':>9}{'floor ms':>9}{'no-mm %':>8}{'TFLOP/s':>9}{'MFU':>7}"
+              f"{'act MiB':>9}{'states MiB':>11}{'mem MiB':>9}")
     print(header)
     print("-" * len(header))
     for r in results:
         ms = r["ms_per_step"]
         print(f"{r['system']:<16}{r['micro_batch']:>6}{r['gradient_accumulation']:>6}{r['samples_per_s']:>11.2f}{r['tokens_per_s']:>10.0f}"
               f"{ms['data']:>9.1f}{ms['forward']:>9.1f}{ms['backward']:>9.1f}{ms['step']:>9.1f}"
+              f"{sum(ms.values()):>9.1f}{r['matmul_floor_ms_per_step']:>9.1f}{100 * r['outside_matmul_share']:>7.0f}%"
               f"{r['tflops']:>9.3f}{100 * r['mfu']:>6.1f}%{r['activation_bytes'] / MIB:>9.1f}"
               f"{sum(r['model_state_bytes'].values()) / MIB:>11.1f}{r['memory_bytes'] / MIB:>9.1f}")
 
@@ -373,6 +386,18 @@ def ratios(results) -> list[dict]:
                 "memory": mine[micro]["memory_bytes"] / base[micro]["memory_bytes"],
             })
     return rows
+
+
+def named_ratios(results, ratio_rows) -> dict[str, float]:
+    """The figures a baseline records: each system against hf-eager, and each system's matmul floor
+    against its measured step (how close the step is to the bare work), per micro-batch."""
+    named = {f"{row['system']} / {BASELINE} samples/s, micro-batch {row['micro_batch']}": row["samples_per_s"]
+             for row in ratio_rows}
+    for r in results:
+        step_ms = sum(r["ms_per_step"].values())
+        named[f"{r['system']} matmul floor / step, micro-batch {r['micro_batch']}"] = \
+            r["matmul_floor_ms_per_step"] / step_ms
+    return named
 
 
 def print_plan(result, source_preset):
@@ -458,6 +483,11 @@ def parse_args(argv=None):
     p.add_argument("--per-gpu-samples-per-s", type=float,
                    help="V100 samples/s per GPU for the plan, instead of scaling this run's by peaks")
     p.add_argument("--json", help="write every figure and the environment here")
+    p.add_argument("--write-baseline", metavar="FILE",
+                   help="record this run's ratios and machine as a baseline (benchmarks/baseline.json)")
+    p.add_argument("--compare", metavar="FILE",
+                   help="compare this run's ratios with a recorded baseline; exit status 1 when any fell by "
+                        "more than 15%%")
     p.add_argument("--plot", help="write a PNG of samples/s and memory against micro-batch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
@@ -476,6 +506,11 @@ def parse_args(argv=None):
         p.error(f"--ds-config {args.ds_config} does not exist")
     if args.data and not args.captions:
         p.error("--data needs --captions (the caption manifest of the store)")
+    if args.compare:
+        try:
+            read_baseline(args.compare)
+        except ValueError as error:
+            p.error(f"--compare {error}")
     return args
 
 
@@ -523,7 +558,8 @@ def main(argv=None) -> int:
             gc.collect()
     print()
     print_table(results)
-    print(f"(ms are per optimizer step: summed over its {args.grad_accum} micro-batch(es); "
+    print(f"(ms are per optimizer step: summed over its {args.grad_accum} micro-batch(es); floor: the step's "
+          "FLOPs at this run's matmul peak; no-mm: the share of a profiled step outside matmul-family ops; "
           "activations are one micro-batch's)")
     ratio_rows = ratios(results)
     for row in ratio_rows:
@@ -562,17 +598,33 @@ def main(argv=None) -> int:
         },
         "results": results,
         "ratios": ratio_rows,
+        "named_ratios": named_ratios(results, ratio_rows),
         "v100_plan": v100,
     }
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))
         print(f"\nwrote {args.json}")
+    status = 0
+    named = named_ratios(results, ratio_rows)
+    if args.compare:
+        lines, regressions = compare(named, read_baseline(args.compare))
+        machine = read_baseline(args.compare)["machine"]
+        print(f"\nagainst the baseline {args.compare} (measured on {machine.get('device')}, "
+              f"{machine.get('precision')}):")
+        print("\n".join(lines))
+        if regressions:
+            print(f"{len(regressions)} ratio(s) fell by more than 15%: {', '.join(regressions)}")
+            status = 1
+    if args.write_baseline:
+        write_baseline(args.write_baseline, named, report["environment"],
+                       "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv))
+        print(f"wrote the baseline {args.write_baseline}")
     if args.plot:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         plot(results, args.plot)
         print(f"wrote {args.plot}")
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -1,6 +1,12 @@
 """The batch contract every part relies on (docs/design.md): the keys of a batch, the label
 value that means "no target here", and the padding id of text. Data code builds batches with
 these keys, the model reads them, and the trainers and FLOP counter pass them along."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 # The six model inputs, in the order of InterBertModel.forward.
 INPUT_KEYS = ("input_ids", "token_type_ids", "text_mask", "region_features", "region_locations", "region_mask")
@@ -24,3 +30,12 @@ def loss_positions(labels, rows=None):
     if rows is not None:
         keep = keep & rows[:, None]
     return keep.flatten().nonzero().squeeze(1)
+
+
+def to_device(batch: dict, device: torch.device, dtype: torch.dtype) -> dict:
+    """Move a batch to `device`; floating tensors take the model's `dtype`."""
+    moved = {}
+    for key, value in batch.items():
+        value = value.to(device, non_blocking=True)
+        moved[key] = value.to(dtype) if value.is_floating_point() else value
+    return moved

@@ -22,8 +22,8 @@ COMMAND_MODULES = {
     "convert-release": "interbert.modeling.commands",
     "data": "interbert.data.ingest.commands",  # synth, the converters, captions, verify, migrate, merge
     "evaluate": "interbert.evaluate",  # evaluate retrieval
-    "finetune": "interbert.finetune",
-    "pretrain": "interbert.pretrain",
+    "finetune": "interbert.finetuning.command",
+    "pretrain": "interbert.pretraining.command",
     "configs": "interbert.resources",
     "cluster-env": "interbert.cluster.commands",
     "launch": "interbert.cluster.launch",

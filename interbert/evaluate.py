@@ -18,16 +18,16 @@ import os
 import sys
 from pathlib import Path
 
+from interbert.data.retrieval.corpus import build_retrieval_corpus
+from interbert.data.text.tokenization import find_vocab
+from interbert.errors import UserError
+from interbert.evaluation.full_retrieval import evaluate_full_retrieval
+from interbert.evaluation.metrics import format_table
+from interbert.modeling import InterBertForPretraining
+
 
 def run_retrieval(args: argparse.Namespace) -> int:
     import torch
-
-    from interbert.data.text.tokenization import find_vocab
-    from interbert.errors import UserError
-    from interbert.evaluation.full_retrieval import evaluate_full_retrieval
-    from interbert.evaluation.metrics import format_table
-    from interbert.evaluation.retrieval import build_retrieval_corpus
-    from interbert.modeling import InterBertForPretraining
 
     for flag, path, kind in (("--model", args.model, "dir"), ("--features", args.features, "dir"),
                              ("--captions", args.captions, "file")):

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from interbert.data.loading.padding import pad_regions
@@ -61,7 +62,6 @@ class FullRetrievalResult:
 
 def rank_and_world() -> tuple[int, int]:
     """(rank, world size) of the process group, (0, 1) without one."""
-    import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -69,8 +69,6 @@ def rank_and_world() -> tuple[int, int]:
 
 
 def _sum_over_ranks(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    import torch.distributed as dist
-
     if rank_and_world()[1] == 1:
         return tensor
     moved = tensor.to(device)

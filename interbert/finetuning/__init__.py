@@ -5,6 +5,6 @@ Tasks: ``flickr30k`` (4-way training set, hard-negative miner), ``vcr`` (officia
 ``model`` (task heads and losses on top of the pretrained model). Evaluation: ``metrics`` (the
 retrieval scoring itself is ``interbert.evaluation``). Training: ``settings`` (the config's
 ``finetune`` section), ``batching`` (collate functions), ``tasks`` (what ``--task`` builds),
-``ema``, ``objective`` (the task as an objective of ``training/loop.py``); the entry point is
-``interbert/finetune.py``.
+``ema``, ``objective`` (the task as an objective of ``training/loop.py``), ``command`` (the
+flags and the run; ``interbert/finetune.py`` is the script the launcher runs).
 """

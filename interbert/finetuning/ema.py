@@ -10,6 +10,7 @@ import contextlib
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -66,8 +67,6 @@ class ExponentialMovingAverage:
                             "updates": str(self.updates)})
 
     def load(self, path: str | Path) -> None:
-        from safetensors import safe_open
-
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: the checkpoint has no EMA weights; it was written "

@@ -168,7 +168,6 @@ class Flickr30kTrainSet(torch.utils.data.Dataset):
                 "images": [image, image, self.image(random_image), self.image(hard)],
                 "label": 0, "count_hard_fallback": int(fallback), "count_hard_mined": int(not fallback)}
 
-
     def _with_hard_caption(self, pools: list, rng, index: int, own: int, other_caption: int,
                            random_image: int) -> dict:
         """The release's fourth pair: a hard caption of another image (from `pools`, self.hard_captions),

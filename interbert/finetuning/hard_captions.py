@@ -15,18 +15,21 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from interbert.data.text.tokenization import find_vocab
 from interbert.errors import UsageError, run_reporting_user_errors
+from interbert.evaluation.pair_scoring import PairEmbedder
 from interbert.finetuning.flickr30k import Flickr30kTrainSet, HardCaptionPool, score_captions_against_images
+from interbert.modeling import InterBertForPretraining
 
 
 def build_pool(model, dataset: Flickr30kTrainSet, *, split: str, pool_size: int, candidates: int, seed: int,
                device: torch.device, dtype: torch.dtype, chunk: int = 64, pair_batch: int = 256,
                progress=None) -> HardCaptionPool:
-    from interbert.evaluation.pair_scoring import PairEmbedder
 
     scorer = PairEmbedder(model, device, dtype)
     rng = np.random.Generator(np.random.PCG64([seed, 11]))
@@ -64,11 +67,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from pathlib import Path
-
-    from interbert.data.text.tokenization import find_vocab
-    from interbert.modeling import InterBertForPretraining
-
     if Path(args.out).exists() and not args.overwrite:
         raise UsageError(f"{args.out} already exists; choose another --out or pass --overwrite to replace it")
     if args.pool_size < 1 or args.candidates < 1:

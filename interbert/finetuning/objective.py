@@ -20,29 +20,27 @@ COUNTERS = ("count_hard_fallback", "count_hard_mined")
 
 
 class FinetuneObjective(Objective):
-    name = "finetune"
-    slots = ("correct",)
-    host_slots = ("samples", *COUNTERS)
     evaluation_names = ("evaluation", "eval")
 
     def __init__(self, task, *, device: torch.device, dtype: torch.dtype, ema=None, miner=None, say=print):
         self.task, self.device, self.dtype = task, device, dtype
         self.ema, self.miner, self.say = ema, miner, say
 
-    def measure(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def measure(self, model, batch: dict) -> dict[str, torch.Tensor]:
         output = model(**{key: value for key, value in batch.items() if not key.startswith(COUNT_PREFIX)})
-        return output.loss, output.correct.detach().double().reshape(1)
+        return {"loss": output.loss, "correct": output.correct}
 
-    def host_sums(self, batch: dict) -> list[float]:
-        return [batch["labels"].shape[0], *(float(batch[name]) if name in batch else 0.0 for name in COUNTERS)]
+    def host_sums(self, batch: dict) -> dict[str, float]:
+        return {"samples": batch["labels"].shape[0],
+                **{name: float(batch[name]) if name in batch else 0.0 for name in COUNTERS}}
 
     def step_values(self, sums: dict[str, float]) -> dict[str, float]:
-        values = {"train/loss": sums["loss"] / max(sums["micro_batches"], 1.0)}
+        values = {"loss": sums["loss"] / max(sums["micro_batches"], 1.0)}
         if self.task.spec.kind != "regression":
-            values["train/accuracy"] = sums["correct"] / sums["samples"] if sums["samples"] else float("nan")
+            values["accuracy"] = sums["correct"] / sums["samples"] if sums["samples"] else float("nan")
         mined = sums["count_hard_mined"] + sums["count_hard_fallback"]
         if mined:
-            values["train/hard_negative_fallback_fraction"] = sums["count_hard_fallback"] / mined
+            values["hard_negative_fallback_fraction"] = sums["count_hard_fallback"] / mined
         return values
 
     def after_update(self, model) -> None:
@@ -66,16 +64,16 @@ class FinetuneObjective(Objective):
             results.update({f"ema_{k}": v for k, v in averaged.items()})
         return results
 
-    def checkpoint_extra(self) -> dict:
+    def state_dict(self) -> dict:
         return {"task": self.task.spec.name}
 
-    def save_state(self, folder: Path, rank: int) -> None:
+    def save_files(self, folder: Path, rank: int) -> None:
         if self.ema is not None and rank == 0:
             self.ema.save(folder / EMA_FILE)
         if self.miner is not None:
             torch.save(self.miner.state_dict(), folder / f"hard_negatives_rank{rank}.pt")
 
-    def load_state(self, folder: Path, rank: int) -> None:
+    def load_files(self, folder: Path, rank: int) -> None:
         if self.ema is not None:
             self.ema.load(folder / EMA_FILE)
         if self.miner is not None:

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from interbert.batch_contract import to_device
 from interbert.errors import UserError
 from interbert.evaluation.full_retrieval import rank_and_world
-from interbert.evaluation.retrieval import to_device
 from interbert.finetuning import glue as glue_data
 from interbert.finetuning.batching import collate_choices, collate_text
 from interbert.finetuning.metrics import qar_accuracy
@@ -29,6 +29,11 @@ if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
     from interbert.finetuning.flickr30k import HardNegativeMiner
+from interbert.data.retrieval.corpus import build_retrieval_corpus
+from interbert.data.text.tokenization import load_tokenizer
+from interbert.evaluation.full_retrieval import evaluate_full_retrieval
+from interbert.finetuning.flickr30k import HARD_KINDS, Flickr30kTrainSet, HardCaptionPool, HardNegativeMiner
+from interbert.finetuning.vcr import SUBMISSION_NAME, VcrDataset, read_vcr, write_submission
 
 DEFAULT_TEXT_LENGTH = {"flickr30k": 36, "vcr": 64, "glue": 128}
 
@@ -108,10 +113,6 @@ def _predict(model, dataset, indices, collate, batch_size: int, device, dtype) -
 
 # ---------------------------------------------------------------------- Flickr30K
 def flickr30k_task(inputs: TaskInputs, settings: FinetuneSettings) -> Task:
-    from interbert.evaluation.full_retrieval import evaluate_full_retrieval
-    from interbert.evaluation.retrieval import build_retrieval_corpus
-    from interbert.finetuning.flickr30k import HARD_KINDS, Flickr30kTrainSet, HardCaptionPool, HardNegativeMiner
-
     features, captions = _require(inputs, "features", "captions")
     length = settings.max_text_len or DEFAULT_TEXT_LENGTH["flickr30k"]
     hard = settings.hard_negatives
@@ -161,8 +162,6 @@ def flickr30k_task(inputs: TaskInputs, settings: FinetuneSettings) -> Task:
 
 # ---------------------------------------------------------------------- VCR
 def vcr_task(inputs: TaskInputs, settings: FinetuneSettings, tokenizer) -> Task:
-    from interbert.finetuning.vcr import SUBMISSION_NAME, VcrDataset, read_vcr
-
     _require(inputs, "features", "vcr_val")
     if inputs.gt_features:
         _require(inputs, "gt_features")
@@ -215,7 +214,6 @@ def vcr_task(inputs: TaskInputs, settings: FinetuneSettings, tokenizer) -> Task:
 def _vcr_submitter(test_set, batch_size: int):
     """(model, device, dtype, output_dir) -> the leaderboard CSV: Q->A and the 4 x 4 QA->R scores of
     every test question (a share per rank), written by rank 0."""
-    from interbert.finetuning.vcr import SUBMISSION_NAME, write_submission
 
     def submit(model, device, dtype, output_dir):
         rank, world = rank_and_world()
@@ -275,8 +273,6 @@ def glue_task(inputs: TaskInputs, settings: FinetuneSettings, tokenizer) -> Task
 
 
 def build_task(inputs: TaskInputs, settings: FinetuneSettings) -> Task:
-    from interbert.data.text.tokenization import load_tokenizer
-
     kind = family(inputs.task)
     if kind == "flickr30k":
         return flickr30k_task(inputs, settings)

@@ -16,6 +16,7 @@ at most `max_regions` in all, after the global token.
 """
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,7 +236,6 @@ def write_submission(path: str | Path, annotations: list, scores: np.ndarray) ->
     """The leaderboard's CSV: per question, the 4 answer probabilities and the 4 rationale
     probabilities conditioned on each answer. `scores`: Q × 5 × 4 choice scores of a
     `conditioned` dataset, in its item order."""
-    import csv
 
     scores = np.asarray(scores, dtype=np.float64)
     probabilities = np.exp(scores - scores.max(-1, keepdims=True))

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from interbert.config import InterBertConfig
+from interbert.modeling.bert_init import init_from_bert
 from interbert.modeling.checkpoint_files import load_safetensors
 
 CONFIG_NAME = "config.json"
@@ -49,7 +50,6 @@ class PretrainedModelMixin(_ModuleBase):
     def init_from_bert(self, directory: str | Path):
         """Fill the matching parts from a Hugging Face BERT directory; returns an InitReport
         (see interbert.modeling.bert_init)."""
-        from interbert.modeling.bert_init import init_from_bert
 
         return init_from_bert(self, directory)
 

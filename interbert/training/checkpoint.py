@@ -6,13 +6,8 @@ sampler's position and every rank's random-number states (python, numpy, torch),
 rank 0 because DeepSpeed stores client state once. `global_step<N>/interbert_run.json` records the
 step, the world size and the precision that wrote it.
 
-`latest` names the newest complete checkpoint: it moves only once every rank's files are on disk
-(`commit`: fsync, then the pointer, written whole and renamed). Of the older checkpoints the newest
-`keep_last` stay (the newest of all is kept besides: its weights are not judged good until the next
-step's loss is known) and the rest are deleted. After a stop for a non-finite loss or a divergence,
-the checkpoints that hold the bad weights are set aside under a name that says why and `latest` goes
-back to the last good one (`set_aside`). `--resume` refuses a checkpoint with a missing or cut-short
-file, naming the newest complete one. A resumed run trains at its own configured learning-rate
+`latest`, retention, setting bad checkpoints aside and refusing torn files are
+`training/checkpoint_folder.py`. A resumed run trains at its own configured learning-rate
 schedule from its first step (DeepSpeed restores the checkpoint's rate into the optimizer until the
 scheduler's next step), and says so where the two differ.
 
@@ -28,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,7 +32,7 @@ import numpy as np
 import torch
 
 from interbert.errors import UserError
-from interbert.modeling.checkpoint_files import torch_file_cut_short
+from interbert.training.checkpoint_folder import MODEL_STATES, check_latest, tag_for
 from interbert.training.distributed import all_gather_objects, barrier
 from interbert.training.safe_load import load_checkpoints_safely, weights_only_load
 
@@ -48,7 +41,6 @@ class PrecisionMismatch(UserError, ValueError):
     pass
 
 
-TAG_PATTERN = re.compile(r"^global_step(\d+)$")
 CLIENT_STATE_VERSION = 1
 RUN_FILE = "interbert_run.json"
 UNIVERSAL = "universal"
@@ -73,43 +65,26 @@ def restore_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def tag_for(step: int) -> str:
-    return f"global_step{step}"
-
-
-def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
-    """(step, path) of the complete checkpoints under `directory`, oldest first."""
-    if not directory.is_dir():
-        return []
-    found = []
-    for child in directory.iterdir():
-        match = TAG_PATTERN.match(child.name)
-        if match and child.is_dir():
-            found.append((int(match.group(1)), child))
-    return sorted(found)
-
-
-def save(engine, directory: Path, *, step: int, epoch: int, sampler_state: dict,
-         rank: int, extra: dict | None = None, precision: str | None = None) -> Path:
+def save(engine, directory: Path, state: dict, *, rank: int, precision: str | None = None) -> Path:
     """Collective: every rank must call it at the same step. Writes the checkpoint's files; `latest`
-    moves to it only with `commit`, once every rank's files (the caller's own included) are complete."""
+    moves to it only with `commit`, once every rank's files (the caller's own included) are complete.
+    `state`: the loop's `state_dict()` (step, epoch, this rank's sampler state, the objective's entries)."""
     rng_states = all_gather_objects(capture_rng_state())
-    sampler_states = all_gather_objects(sampler_state)
+    sampler_states = all_gather_objects(state["sampler"])
     from deepspeed.checkpoint.constants import (
         UNIVERSAL_CHECKPOINT_INFO,
         UNIVERSAL_CHECKPOINT_VERSION_KEY,
         UNIVERSAL_CHECKPOINT_VERSION_VALUE,
     )
 
+    step = state["step"]
     client_state = {
+        **state,
         "interbert_client_state": CLIENT_STATE_VERSION,
-        "step": step,
-        "epoch": epoch,
         "sampler": sampler_states,
         "rng": rng_states,
         # what DeepSpeed's universal converter asks of a checkpoint (no tensor or pipeline parallelism here)
         UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE},
-        **(extra or {}),
     }
     tag = tag_for(step)
     engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
@@ -117,107 +92,6 @@ def save(engine, directory: Path, *, step: int, epoch: int, sampler_state: dict,
         written = {"step": step, "world_size": len(rng_states), "precision": precision}
         (directory / tag / RUN_FILE).write_text(json.dumps(written) + "\n")
     return directory / tag
-
-
-def commit(directory: Path, step: int, *, keep_last: int, rank: int) -> None:
-    """Collective, after `save` and any files of the caller's own: every rank flushes the folder's files
-    to disk, then rank 0 points `latest` at it (written whole, then renamed over the old pointer), so a
-    crash or a full disk mid-save leaves `latest` on the previous, complete checkpoint. Then retention."""
-    barrier()
-    sync_folder(directory / tag_for(step))
-    barrier()
-    if rank == 0:
-        write_latest(directory, tag_for(step))
-        if keep_last > 0:
-            # The newest checkpoint is not known good until the next step's loss is judged (its weights
-            # produce it): keep_last counts the older ones, which the divergence guard has passed.
-            older = [path for saved, path in list_checkpoints(directory) if saved < step]
-            for old in older[:-keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
-    barrier()
-
-
-def sync_folder(folder: Path) -> None:
-    """fsync every file in `folder` and the folder itself."""
-    for path in sorted(folder.iterdir()):
-        if path.is_file():
-            descriptor = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
-    _sync_directory(folder)
-
-
-def _sync_directory(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def write_latest(directory: Path, tag: str) -> None:
-    """`directory/latest` names `tag` (DeepSpeed's format: the tag alone), replaced whole or not at all."""
-    partial = directory / "latest.partial"
-    with open(partial, "w") as stream:
-        stream.write(tag)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(partial, directory / "latest")
-    _sync_directory(directory)
-
-
-def set_aside(directory: Path, first_bad_step: int, why: str, rank: int) -> tuple[Path | None, list[Path]]:
-    """Collective, after a stop for a step whose loss or gradients went wrong: the checkpoints from
-    step `first_bad_step` - 1 on hold the weights that produced it. They are renamed `<tag>.<why>`
-    (kept, no longer resumable) and `latest` names the newest earlier one, which is returned with the
-    new names; with none left, `latest` itself is renamed `latest.<why>`."""
-    good: list[Path] = []
-    bad: list[Path] = []
-    for step, path in list_checkpoints(directory):
-        (good if step < first_bad_step - 1 else bad).append(path)
-    moved = [path.with_name(f"{path.name}.{why}") for path in bad]
-    if rank == 0:
-        for path, target in zip(bad, moved):
-            path.rename(target)
-        if good:
-            write_latest(directory, good[-1].name)
-        elif (directory / "latest").is_file():
-            (directory / "latest").rename(directory / f"latest.{why}")
-    barrier()
-    return (good[-1] if good else None), moved
-
-
-MODEL_STATES = "mp_rank_00_model_states.pt"
-
-
-class CheckpointIncomplete(UserError, FileNotFoundError):
-    """The checkpoint `latest` names is missing or has files cut short."""
-
-
-def incomplete(folder: Path) -> str | None:
-    """Why a checkpoint folder cannot be resumed from (missing, no model states, a file cut short), or None."""
-    if not folder.is_dir():
-        return f"{folder} does not exist"
-    if not (folder / MODEL_STATES).is_file():
-        return f"{folder} is incomplete (no {MODEL_STATES})"
-    return next((problem for path in sorted(folder.glob("*.pt")) if (problem := torch_file_cut_short(path))), None)
-
-
-def check_latest(directory: Path) -> None:
-    """The checkpoint `latest` names exists and every file of it is complete; otherwise one line naming
-    what is wrong and the newest complete checkpoint to resume from instead."""
-    tag = (directory / "latest").read_text().strip()
-    problem = incomplete(directory / tag)
-    if problem is None:
-        return
-    earlier = next((path for _, path in reversed(list_checkpoints(directory))
-                    if path.name != tag and incomplete(path) is None), None)
-    hint = (f"the newest complete checkpoint is {earlier.name}: to resume from it, write its name into the latest "
-            f"file (echo {earlier.name} > {directory / 'latest'}) and run again" if earlier
-            else "there is no complete checkpoint to resume from")
-    raise CheckpointIncomplete(f"--resume: {directory / 'latest'} names {tag}: {problem}; {hint}")
 
 
 def saved_run(directory: Path) -> dict:
@@ -312,8 +186,8 @@ def load(engine, directory: Path, rank: int, world_size: int = 1) -> dict:
         sampler = client_state["sampler"][rank]
     else:
         sampler = client_state["sampler"][0]  # every rank consumed the same count; re-sharded by the sampler
-    return {"path": path, "step": client_state["step"], "epoch": client_state["epoch"], "sampler": sampler,
-            "saved_world_size": saved_world, "learning_rates": rates, "saved_learning_rates": saved_rates}
+    return {**client_state, "path": path, "sampler": sampler, "saved_world_size": saved_world,
+            "learning_rates": rates, "saved_learning_rates": saved_rates}
 
 
 def learning_rates(engine) -> list[float]:

@@ -15,10 +15,13 @@ import os
 import socket
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
+import torch.distributed as torch_dist
 
 from interbert.errors import UsageError, UserError
+from interbert.training.slurm import launched_by_srun, set_environment_from_slurm
 
 DEFAULT_MASTER_ADDR = "127.0.0.1"
 DEFAULT_MASTER_PORT = "29500"
@@ -124,7 +127,6 @@ def discover_job(local_rank_flag: int | None = None) -> JobPlacement:
     """Read (and for mpirun, set) RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT.
 
     `local_rank_flag` is the launcher's `--local_rank`; the environment wins when both exist."""
-    from interbert.training.slurm import launched_by_srun, set_environment_from_slurm
 
     if launched_by_srun():
         set_environment_from_slurm()
@@ -161,7 +163,6 @@ def init_process_group(placement: JobPlacement, device: torch.device,
                        timeout_seconds: float | None = None) -> DistributedEnvironment:
     """DeepSpeed's process group (gloo on a CPU, NCCL on CUDA), without its MPI discovery.
     `timeout_seconds`: how long a collective waits for a silent rank (DeepSpeed's default: 30 min)."""
-    from datetime import timedelta
 
     import deepspeed
 
@@ -233,14 +234,10 @@ class ControlChannel:
     group made once (collective: every rank constructs it together)."""
 
     def __init__(self, env: DistributedEnvironment):
-        import torch.distributed as torch_dist
-
         self.active = torch_dist.is_initialized() and torch_dist.get_world_size() > 1
         self.group = torch_dist.new_group(backend="gloo") if self.active and env.backend != "gloo" else None
 
     def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as torch_dist
-
         if self.active:
             torch_dist.all_reduce(values, group=self.group)
         return values
@@ -248,7 +245,6 @@ class ControlChannel:
 
 def all_gather_objects(value) -> list:
     """Every rank's `value`, in rank order (picklable objects of our own making only)."""
-    import torch.distributed as torch_dist
 
     if not torch_dist.is_initialized() or torch_dist.get_world_size() == 1:
         return [value]
@@ -262,3 +258,21 @@ def barrier() -> None:
 
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def skip_single_rank_allreduce(engine) -> bool:
+    """On a data-parallel world of one, stop the engine's post-backward all-reduce where it is
+    a pure copy: DeepSpeed's BF16_Optimizer keeps the fp32 gradients in one flat buffer, and
+    the engine still concatenates that buffer into a new one, "all-reduces" it over one rank,
+    divides by 1 and copies it back (with the default bf16 communication type it also rounds
+    the fp32 gradients to bf16 and back). With communication_data_type fp32 skipping it leaves
+    every gradient bit-identical (a test of the throughput benchmark checks it).
+    DeepSpeedZeroOptimizer is left alone: its reduce_gradients also builds the partition the
+    optimizer reads. Returns whether the all-reduce is skipped. Every run does it
+    (`startup.build_engine`), and so does the throughput benchmark."""
+    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+
+    if engine.dp_world_size != 1 or not isinstance(engine.optimizer, BF16_Optimizer):
+        return False
+    engine.enable_backward_allreduce = False  # what the engine itself does without a backend
+    return True

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from interbert.errors import UserError
+from interbert.resources import find_shipped, shipped
 
 BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
 
@@ -22,8 +23,6 @@ def load_ds_config(path: str | Path) -> dict:
     the shipped copy (``interbert configs``)."""
     path = Path(path)
     if not path.is_file():
-        from interbert.resources import find_shipped, shipped
-
         found = find_shipped(str(path), "ds_configs")
         if found is None:
             raise ConfigError(f"--deepspeed_config {path}: no such file, and no shipped config of that name "

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from interbert.errors import UsageError, UserError
+from interbert.training.optimizer import load_fused_adam, probe_cuda_toolchain, why_fused_adam_cannot_build
 
 DEFAULT_WAIT_SECONDS = 120.0  # INTERBERT_BUILD_LOCK_WAIT overrides it
 POLL_SECONDS = 1.0
@@ -166,7 +167,6 @@ def build_cpu_ops(say=print) -> list[str]:
 
 def build_cuda_ops(say=print, toolchain=None, build=None) -> list[str]:
     """Build DeepSpeed's FusedAdam where it can be built here; say what was built, or why not."""
-    from interbert.training.optimizer import load_fused_adam, probe_cuda_toolchain, why_fused_adam_cannot_build
 
     toolchain = probe_cuda_toolchain() if toolchain is None else toolchain
     if toolchain.torch_cuda is None:

@@ -16,18 +16,19 @@ Host synchronisation, chosen so a GPU never waits on the host inside a step:
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from interbert.evaluation.retrieval import to_device
-from interbert.training import checkpoint
-from interbert.training.batches import fetch_across_epochs
-from interbert.training.distributed import ControlChannel, DistributedEnvironment, all_reduce_sum
+from interbert.batch_contract import to_device
+from interbert.training import checkpoint, checkpoint_folder
+from interbert.training.distributed import ControlChannel, DistributedEnvironment
 from interbert.training.guard import Diverged, DivergenceGuard, GuardSettings
-from interbert.training.monitor import Monitor, StepTimer, format_duration
+from interbert.training.monitor import Monitor, Window, format_duration
 from interbert.training.objective import Objective
+from interbert.training.pending_sums import PendingStep, PendingSums
 from interbert.training.precision import PrecisionChoice
 from interbert.training.stopping import StopRequest
 from interbert.training.watchdog import Heartbeat, LauncherWatch, lost_peer
@@ -51,19 +52,6 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-@dataclass
-class _PendingStep:
-    """One optimizer step whose sums are still on the device."""
-    step: int
-    epoch: int
-    device_sums: torch.Tensor  # loss, objective slots, non-finite count
-    host_sums: list  # micro-batches, then the objective's host_slots
-    learning_rate: float
-    loss_scale: float
-    skipped_steps: int
-    grad_norm: float | torch.Tensor | None  # a device tensor is read at the flush; None: not computed
-
-
 class TrainingLoop:
     def __init__(self, *, engine, objective: Objective, loader, monitor: Monitor, env: DistributedEnvironment,
                  precision: PrecisionChoice, schedule: Schedule, checkpoint_dir: Path, peak_flops: float = 0.0,
@@ -72,8 +60,6 @@ class TrainingLoop:
         self.env, self.precision, self.schedule = env, precision, schedule
         self.checkpoint_dir, self.peak_flops = checkpoint_dir, peak_flops
         self.accumulation = engine.gradient_accumulation_steps()
-        self.device_slots = ("loss", *objective.slots, "nonfinite")
-        self.host_slots = ("micro_batches", *objective.host_slots)
         self.step = self.epoch = 0
         self.last_saved_step: int | None = None
         self.host_reads = 0
@@ -82,41 +68,60 @@ class TrainingLoop:
         self.check_nonfinite = not precision.uses_loss_scaling
         self.guard = DivergenceGuard(guard, precision.uses_loss_scaling)
         self.rank_timeout = rank_timeout
-        self._iterator = None
-        self._pending: list[_PendingStep] = []
+        self._iterator: Iterator[dict] | None = None
+        self._pending = PendingSums(env.device)
         self._last_values: dict[str, float] = {}
-        self._window_samples = self._window_flops = 0.0
+        self.window = Window()
         # Entries that hold losses are zeroed for a micro-batch whose loss is not finite (fp16
-        # overflow), so one skipped step does not poison a window's averages.
-        self._loss_entries = torch.tensor([name == "loss" or name.startswith("loss_") for name in self.device_slots],
-                                          device=env.device)
+        # overflow), so one skipped step does not poison a window's averages; set at the first measure.
+        self._loss_entries: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ data
     def _next_batch(self) -> dict:
-        batch, self._iterator, self.epoch = fetch_across_epochs(self.loader, self._iterator, self.epoch)
-        return batch
+        """The next batch, starting a new epoch when one ends. A DataLoader draws a seed from torch's global
+        generator when it starts an epoch (at its first fetch); isolating every fetch keeps the dropout
+        stream the same whether or not a run was resumed mid-epoch."""
+        while True:
+            if self._iterator is None:
+                self.loader.set_epoch(self.epoch)
+                self._iterator = iter(self.loader)
+            try:
+                with torch.random.fork_rng(devices=[]):
+                    return next(self._iterator)
+            except StopIteration:
+                self._iterator = None
+                self.epoch += 1
 
     # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        """The checkpoint's client state: the loop's position, its data position, the objective's entries."""
+        return {"step": self.step, "epoch": self.epoch, "sampler": self.loader.state_dict(),
+                **self.objective.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Back to the position of `state` (as `checkpoint.load` returns it: this rank's sampler state)."""
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.loader.load_state_dict(state["sampler"])
+        sampler = self.loader.sampler
+        if len(sampler) - sampler.consumed < self.loader.batch_size:  # the saved epoch was used up
+            self.epoch += 1
+        self.objective.load_state_dict(state)
+
     def save(self) -> Path:
         self.flush()
-        path = checkpoint.save(self.engine, self.checkpoint_dir, step=self.step, epoch=self.epoch,  # judged: kept
-                               sampler_state=self.loader.state_dict(), rank=self.env.rank,
-                               extra=self.objective.checkpoint_extra(), precision=self.precision.name)
-        self.objective.save_state(path, self.env.rank)
-        checkpoint.commit(self.checkpoint_dir, self.step, keep_last=self.schedule.keep_last, rank=self.env.rank)
+        path = checkpoint.save(self.engine, self.checkpoint_dir, self.state_dict(), rank=self.env.rank,
+                               precision=self.precision.name)
+        self.objective.save_files(path, self.env.rank)
+        checkpoint_folder.commit(self.checkpoint_dir, self.step, keep_last=self.schedule.keep_last, rank=self.env.rank)
         self.last_saved_step = self.step
         self.monitor.print(f"checkpoint saved: {path}")
         return path
 
     def resume(self) -> None:
         state = checkpoint.load(self.engine, self.checkpoint_dir, self.env.rank, self.env.world_size)
-        self.step, self.epoch = int(state["step"]), int(state["epoch"])
-        self.loader.load_state_dict(state["sampler"])
-        sampler = self.loader.sampler
-        if len(sampler) - sampler.consumed < self.loader.batch_size:  # the saved epoch was used up
-            self.epoch += 1
-        folder = self.checkpoint_dir / checkpoint.tag_for(self.step)
-        self.objective.load_state(folder, self.env.rank)
+        self.load_state_dict(state)
+        folder = self.checkpoint_dir / checkpoint_folder.tag_for(self.step)
+        self.objective.load_files(folder, self.env.rank)
         self.last_saved_step = self.step
         self.monitor.print(f"resumed from {folder} at step {self.step}, epoch {self.epoch}")
         rate, saved = state["learning_rates"][0], state["saved_learning_rates"][0]
@@ -129,15 +134,21 @@ class TrainingLoop:
                                "position re-sharded; dropout streams restart from this run's seeds")
 
     # ------------------------------------------------------------------ one step
-    def _micro_step(self, batch: dict, device_sums: torch.Tensor, host_sums: list) -> torch.Tensor:
-        host_sums[0] += 1
-        for index, value in enumerate(self.objective.host_sums(batch), start=1):
-            host_sums[index] += value
-        loss, sums = self.objective.measure(self.engine, to_device(batch, self.env.device, self.precision.dtype))
+    def _micro_step(self, batch: dict, host_sums: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward one micro-batch: (its loss, its sums as one float64 vector with a non-finite flag last)."""
+        host_sums["micro_batches"] += 1
+        for name, value in self.objective.host_sums(batch).items():
+            host_sums[name] = host_sums.get(name, 0.0) + value
+        measured = self.objective.measure(self.engine, to_device(batch, self.env.device, self.precision.dtype))
+        loss = measured["loss"]
         finite = torch.isfinite(loss.detach())
-        values = torch.cat([loss.detach().double().reshape(1), sums.double(), (~finite).double().reshape(1)])
-        device_sums += torch.where(self._loss_entries & ~finite, torch.zeros_like(values), values)
-        return loss
+        values = torch.stack([*(value.detach().double().reshape(()) for value in measured.values()),
+                              (~finite).double()])
+        if self._loss_entries is None:
+            self._pending.device_names = names = (*measured, "nonfinite")
+            self._loss_entries = torch.tensor([name == "loss" or name.startswith("loss_") for name in names],
+                                              device=values.device)
+        return loss, torch.where(self._loss_entries & ~finite, torch.zeros_like(values), values)
 
     def _agree(self, device_sums: torch.Tensor) -> tuple[bool, int]:
         """(stop, ranks with a non-finite loss this step), the same on every rank."""
@@ -149,17 +160,18 @@ class TrainingLoop:
         stop, ranks = self.control.all_reduce_sum(flags).tolist()
         return stop > 0, int(ranks)
 
-    def _train_step(self, timer: StepTimer) -> bool:
+    def _train_step(self) -> bool:
         """One optimizer step; returns whether the ranks agreed to stop after it."""
-        device_sums = torch.zeros(len(self.device_slots), dtype=torch.float64, device=self.env.device)
-        host_sums = [0.0] * len(self.host_slots)
+        device_sums = torch.zeros((), dtype=torch.float64, device=self.env.device)
+        host_sums = {"micro_batches": 0.0}
         learning_rate = float(self.engine.get_lr()[0])  # the rate this step's update uses
         stop = False
         for micro in range(self.accumulation):
             fetch_start = time.perf_counter()
             batch = self._next_batch()
-            timer.data_wait += time.perf_counter() - fetch_start
-            loss = self._micro_step(batch, device_sums, host_sums)
+            self.window.data_wait += time.perf_counter() - fetch_start
+            loss, sums = self._micro_step(batch, host_sums)
+            device_sums = device_sums + sums
             self.engine.backward(loss)
             if micro == self.accumulation - 1:
                 stop, nonfinite_ranks = self._agree(device_sums)
@@ -169,9 +181,9 @@ class TrainingLoop:
             self.engine.step()
         self.step += 1
         self.objective.after_update(self.engine.module)
-        self._pending.append(_PendingStep(self.step, self.epoch, device_sums, host_sums, learning_rate,
-                                          self._loss_scale(), int(self.engine.skipped_steps),
-                                          self.engine.get_global_grad_norm()))
+        self._pending.add(PendingStep(self.step, self.epoch, device_sums, host_sums, learning_rate,
+                                      self._loss_scale(), int(self.engine.skipped_steps),
+                                      self.engine.get_global_grad_norm()))
         return stop
 
     def _loss_scale(self) -> float:
@@ -187,57 +199,38 @@ class TrainingLoop:
     def flush(self) -> None:
         """Sum the pending steps over ranks, read them once, log one record per step and judge each
         (the divergence guard: raises Diverged naming the first bad step, after logging them all)."""
-        if not self._pending:
+        read = self._pending.read()
+        if not read:
             return
-        pending, self._pending = self._pending, []
-        device = self.env.device
-        host = torch.tensor([p.host_sums for p in pending], dtype=torch.float64, device=device)
-        table = all_reduce_sum(torch.cat([torch.stack([p.device_sums for p in pending]), host], dim=1))
-        norms = torch.stack([torch.as_tensor(p.grad_norm if p.grad_norm is not None else float("nan"),
-                                             dtype=torch.float64).to(device) for p in pending])
-        read = torch.cat([table.flatten(), norms]).cpu()
         self.host_reads += 1
-        width = table.shape[1]
-        names = (*self.device_slots, *self.host_slots)
         diverged = None
-        for row, step in enumerate(pending):
-            sums = dict(zip(names, read[row * width:(row + 1) * width].tolist()))
-            values = self.objective.step_values(sums)
-            values.update({"train/learning_rate": step.learning_rate, "train/loss_scale": step.loss_scale,
-                           "train/skipped_steps": float(step.skipped_steps),
-                           "train/grad_norm": float(read[len(pending) * width + row])})
-            self._window_samples += sums.get("samples", 0.0)
-            self._window_flops += sums.get("flops", 0.0)
-            self.monitor.record({"step": step.step, "epoch": step.epoch,
-                                 **{k.split("/", 1)[1]: v for k, v in values.items()}})
-            self._last_values = values
+        for step in read:
+            pending, sums = step.pending, step.sums
+            values = {**self.objective.step_values(sums), "learning_rate": pending.learning_rate,
+                      "loss_scale": pending.loss_scale, "skipped_steps": float(pending.skipped_steps),
+                      "grad_norm": step.grad_norm}
+            self.window.samples += sums.get("samples", 0.0)
+            self.window.flops += sums.get("flops", 0.0)
+            self.monitor.record({"step": pending.step, "epoch": pending.epoch, **values})
+            self._last_values = {f"train/{name}": value for name, value in values.items()}
             if diverged is None:
                 try:
-                    norm = values["train/grad_norm"] if step.grad_norm is not None else None  # None: not computed
-                    self.guard.judge(step.step, values["train/loss"], norm, step.skipped_steps)
+                    norm = step.grad_norm if pending.grad_norm is not None else None  # None: not computed
+                    self.guard.judge(pending.step, values["loss"], norm, pending.skipped_steps)
                 except Diverged as error:
                     diverged = error
         if diverged is not None:
             raise diverged
 
-    def _log_window(self, timer: StepTimer, start_step: int, run_start: float) -> None:
+    def _log_window(self, start_step: int, run_start: float) -> None:
         self.flush()
-        elapsed = timer.elapsed()
-        values = dict(self._last_values)
-        values["perf/samples_per_second"] = self._window_samples / elapsed
-        values["perf/data_wait_fraction"] = min(timer.data_wait / elapsed, 1.0)
-        if self._window_flops:
-            flops_per_second = self._window_flops / elapsed
-            values["perf/tflops"] = flops_per_second / 1e12
-            if self.peak_flops:
-                values["perf/mfu"] = flops_per_second / (self.env.world_size * self.peak_flops)
+        values = {**self._last_values, **self.window.perf_values(self.env.world_size, self.peak_flops)}
         self.monitor.scalars(values, self.step)
         seconds_per_step = (time.perf_counter() - run_start) / max(self.step - start_step, 1)
         eta = format_duration(seconds_per_step * (self.schedule.max_steps - self.step))
         self.monitor.print(self.objective.console_line(self.step, self.schedule.max_steps, self.epoch, values, eta))
         self.monitor.flush()
-        self._window_samples = self._window_flops = 0.0
-        timer.reset()
+        self.window.reset()
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> int:
@@ -258,27 +251,30 @@ class TrainingLoop:
             self.stop.uninstall()
 
     def _train(self) -> int:
-        timer, start_step, run_start = StepTimer(), self.step, time.perf_counter()
+        start_step, run_start = self.step, time.perf_counter()
+        self.window.reset()
         self.engine.train()
         self.guard.last_skipped_total = int(self.engine.skipped_steps)
         try:
-            return self._steps(timer, start_step, run_start)
+            return self._steps(start_step, run_start)
         except NonFiniteLoss as error:
             self._flush_quietly()
-            self.monitor.print(f"non-finite loss: {error}; {self._back_to_last_good(self.step + 1, 'non-finite-loss')}")
+            note = checkpoint_folder.back_to_last_good(self.checkpoint_dir, self.step + 1, "non-finite-loss",
+                                                       self.env.rank)
+            self.monitor.print(f"non-finite loss: {error}; {note}")
         except Diverged as error:
-            self.monitor.print(f"the run diverged at {error}; stopped without saving; "
-                               f"{self._back_to_last_good(error.step, 'diverged')}")
+            note = checkpoint_folder.back_to_last_good(self.checkpoint_dir, error.step, "diverged", self.env.rank)
+            self.monitor.print(f"the run diverged at {error}; stopped without saving; {note}")
         self.monitor.flush()
         return EXIT_NONFINITE
 
-    def _steps(self, timer: StepTimer, start_step: int, run_start: float) -> int:
+    def _steps(self, start_step: int, run_start: float) -> int:
         schedule = self.schedule
         self.objective.between_steps(self.engine.module, self.step, schedule.max_steps)
         while self.step < schedule.max_steps:
-            stop = self._train_step(timer)
+            stop = self._train_step()
             if self.step % schedule.log_every == 0 or self.step == schedule.max_steps:
-                self._log_window(timer, start_step, run_start)
+                self._log_window(start_step, run_start)
             if stop:
                 self.monitor.print(f"stop requested ({self.stop.signal_name or 'another rank'}): "
                                    f"saving at step {self.step} and exiting")
@@ -291,7 +287,7 @@ class TrainingLoop:
                 self.evaluate()
             if self.step < schedule.max_steps:
                 self.objective.between_steps(self.engine.module, self.step, schedule.max_steps)
-            timer.exclude(time.perf_counter() - paused)
+            self.window.exclude(time.perf_counter() - paused)
         if self.last_saved_step != self.step:
             self.save()
         return EXIT_OK
@@ -302,18 +298,6 @@ class TrainingLoop:
             self.flush()
         except Diverged:
             pass
-
-    def _back_to_last_good(self, error_step: int, why: str) -> str:
-        """The loss of step N is computed with the weights of checkpoint N-1, so that one (and any later)
-        already holds what went wrong: they are set aside and `latest` names the last good one."""
-        good, moved = checkpoint.set_aside(self.checkpoint_dir, error_step, f"set-aside-{why}-at-step{error_step}",
-                                           self.env.rank)
-        aside = f" ({', '.join(path.name for path in moved)} kept aside)" if moved else ""
-        if good is None:
-            return f"no checkpoint from before it exists{aside}; start again with a lower learning rate"
-        return (f"{self.checkpoint_dir / 'latest'} now names the last good checkpoint, {good.name}{aside}; to go on "
-                "from it: --resume with a lower learning rate, gradient clipping or fp32 in the config (the resumed "
-                "run trains at the config's schedule)")
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:

@@ -10,14 +10,6 @@ from pathlib import Path
 
 from interbert.training.ds_config import ConfigError
 
-TASKS = ("msm", "mrm", "itm")
-# Every scalar a training run writes (tests read them back).
-TRAIN_SCALARS = (
-    "train/loss", *(f"train/loss_{t}" for t in TASKS), *(f"train/accuracy_{t}" for t in TASKS),
-    "train/learning_rate", "train/loss_scale", "train/skipped_steps", "train/grad_norm",
-    "perf/samples_per_second", "perf/tflops", "perf/mfu", "perf/data_wait_fraction",
-)
-
 
 def format_duration(seconds: float) -> str:
     if not math.isfinite(seconds):
@@ -108,46 +100,31 @@ def _deepspeed_monitors(sections: dict):
     return MonitorMaster(get_monitor_config(dict(sections)))
 
 
-def console_line(step: int, total_steps: int, epoch: int, values: dict, eta: str, tasks=TASKS) -> str:
-    """One line per logging window; `tasks`: the names of the tasks that run (e.g. mlm, mom, itm)."""
-    losses = " ".join(f"{t} {values.get(f'train/loss_{t}', float('nan')):.3f}" for t in tasks)
-    accuracies = " ".join(f"{t} {values.get(f'train/accuracy_{t}', float('nan')):.2f}"
-                          for t in tasks)
-    scale = values.get("train/loss_scale")
-    parts = [
-        f"step {step}/{total_steps}",
-        f"epoch {epoch}",
-        f"loss {values['train/loss']:.4f} ({losses})",
-        f"acc {accuracies}",
-        f"lr {values['train/learning_rate']:.2e}",
-        f"gnorm {values.get('train/grad_norm', float('nan')):.2f}",
-    ]
-    if scale is not None and scale != 1.0:
-        parts.append(f"scale {scale:g} skipped {int(values.get('train/skipped_steps', 0))}")
-    parts += [
-        f"{values['perf/samples_per_second']:.1f} samples/s",
-        f"{values['perf/tflops'] * 1e3:.2f} GFLOP/s",
-        f"MFU {100 * values['perf/mfu']:.1f}%",
-        f"data {100 * values['perf/data_wait_fraction']:.0f}%",
-        f"ETA {eta}",
-    ]
-    return " | ".join(parts)
-
-
-class StepTimer:
-    """Training wall time per logging window (checkpointing and validation left out), and
-    the part of it spent waiting for data."""
+class Window:
+    """One logging window: training wall time (checkpointing and validation left out), the part of it
+    spent waiting for data, and the samples and FLOPs trained; `perf/*` scalars from them."""
 
     def __init__(self):
         self.reset()
 
     def reset(self) -> None:
-        self.window_start = time.perf_counter()
-        self.data_wait = 0.0
-        self.excluded = 0.0
+        self.start = time.perf_counter()
+        self.data_wait = self.excluded = self.samples = self.flops = 0.0
 
     def exclude(self, seconds: float) -> None:
         self.excluded += seconds
 
     def elapsed(self) -> float:
-        return max(time.perf_counter() - self.window_start - self.excluded, 1e-9)
+        return max(time.perf_counter() - self.start - self.excluded, 1e-9)
+
+    def perf_values(self, world_size: int, peak_flops: float) -> dict[str, float]:
+        """Samples/s and the data-wait share; TFLOP/s where FLOPs are modelled, MFU where a peak is known."""
+        elapsed = self.elapsed()
+        values = {"perf/samples_per_second": self.samples / elapsed,
+                  "perf/data_wait_fraction": min(self.data_wait / elapsed, 1.0)}
+        if self.flops:
+            flops_per_second = self.flops / elapsed
+            values["perf/tflops"] = flops_per_second / 1e12
+            if peak_flops:
+                values["perf/mfu"] = flops_per_second / (world_size * peak_flops)
+        return values

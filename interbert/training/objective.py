@@ -1,14 +1,13 @@
 """What a kind of training adds to the one training loop (`training/loop.py`).
 
-Pretraining (`training/pretraining_objective.py`) and every fine-tuning task
-(`finetuning/objective.py`) implement this interface; the loop owns everything else: micro-batches,
-accumulation, backward and step through the DeepSpeed engine, the stop decision, the non-finite
-check, logging windows, checkpoints and validation.
+Pretraining (`pretraining/objective.py`) and every fine-tuning task (`finetuning/objective.py`)
+implement this interface; the loop owns everything else: micro-batches, accumulation, backward and
+step through the DeepSpeed engine, the stop decision, the non-finite check, logging windows,
+checkpoints and validation.
 
-`measure` returns the loss to backpropagate and a vector of sums over the micro-batch (one entry per
-name in `slots`), detached and left on the device; `host_sums` counts what the host knows from the
-batch's shapes (samples, FLOPs, counters of the collate function). The loop adds both up per
-optimizer step and reads them once per flush, summed over ranks.
+`measure` returns named tensors: "loss" (what the loop backpropagates) and sums over the micro-batch,
+left on the device; `host_sums` names what the host knows from the batch's shapes. The loop adds
+both up per optimizer step and reads them once per flush, summed over ranks (`training/pending_sums.py`).
 """
 from __future__ import annotations
 
@@ -18,27 +17,22 @@ import torch
 
 
 class Objective:
-    #: console prefix, e.g. "pretrain" or "finetune"
-    name: str = "train"
-    #: names of the entries of the sums vector `measure` returns
-    slots: tuple[str, ...] = ()
-    #: names of what `host_sums` returns; "samples" and "flops" feed the throughput figures
-    host_slots: tuple[str, ...] = ("samples", "flops")
     #: (train_log.jsonl key, TensorBoard prefix) of `evaluate`'s results
     evaluation_names: tuple[str, str] = ("validation", "val")
 
-    def measure(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward one micro-batch (already on the device): (loss, detached sums over `slots`)."""
+    def measure(self, model, batch: dict) -> dict[str, torch.Tensor]:
+        """Forward one micro-batch (already on the device): {"loss": the loss, name: a sum, ...}, the same
+        names in the same order for every micro-batch."""
         raise NotImplementedError
 
-    def host_sums(self, batch: dict) -> list[float]:
-        """One value per `host_slots` for a micro-batch still on the host, from shapes and counters
-        (no device read). FLOPs are training FLOPs; 0 when not modelled (no MFU then)."""
+    def host_sums(self, batch: dict) -> dict[str, float]:
+        """Counts of a micro-batch still on the host, from shapes and counters (no device read);
+        "samples" and "flops" (training FLOPs, 0 when not modelled) feed the throughput figures."""
         raise NotImplementedError
 
     def step_values(self, sums: dict[str, float]) -> dict[str, float]:
-        """`train/*` scalars of one optimizer step from its sums over every rank and micro-batch
-        (`sums["micro_batches"]` included)."""
+        """The scalars of one optimizer step (e.g. "loss", "accuracy_itm") from its sums over every rank
+        and micro-batch (`sums["micro_batches"]` included)."""
         raise NotImplementedError
 
     def console_line(self, step: int, max_steps: int, epoch: int, values: dict, eta: str) -> str:
@@ -56,12 +50,15 @@ class Objective:
         """Validation (collective: every rank calls it at the same step)."""
         return {}
 
-    def checkpoint_extra(self) -> dict:
-        """Added to the checkpoint's client state."""
+    def state_dict(self) -> dict:
+        """Entries of the checkpoint's client state (small values; rank 0's are kept)."""
         return {}
 
-    def save_state(self, folder: Path, rank: int) -> None:
-        """Files of the objective's own beside the engine's, in the checkpoint folder."""
+    def load_state_dict(self, state: dict) -> None:
+        """The client state of the checkpoint being resumed (every entry, the loop's own included)."""
 
-    def load_state(self, folder: Path, rank: int) -> None:
-        """Read back what `save_state` wrote."""
+    def save_files(self, folder: Path, rank: int) -> None:
+        """Files of the objective's own beside the engine's, in the checkpoint folder (e.g. EMA weights)."""
+
+    def load_files(self, folder: Path, rank: int) -> None:
+        """Read back what `save_files` wrote."""

@@ -10,8 +10,9 @@ Where fused AdamW comes from: with `"type": "AdamW"` DeepSpeed picks
 - with `"torch_adam": true`, torch.optim.AdamW, given the other params (so `"fused": true` reaches it).
 `adapt_to_device` decides at start: on CUDA, FusedAdam where it is prebuilt or can be built, else
 torch's fused AdamW (`torch_adam` + `fused`), never a failed compile; on a CPU without offload,
-torch.optim.AdamW (FusedAdam does not exist there: DeepSpeed would compile a CPU substitute at
-every fresh start). NVIDIA Apex is used for LayerNorm only (modeling/layer_norm.py).
+torch.optim.AdamW with torch's fused CPU kernel where this torch has one (FusedAdam does not exist
+there: DeepSpeed would compile a CPU substitute at every fresh start); `"fused": false` in the
+config's optimizer params keeps the unfused one. NVIDIA Apex is used for LayerNorm only (modeling/layer_norm.py).
 """
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from interbert.training.ds_config import ConfigError
+from interbert.training.op_cache import cached_op
 
 ADAM_TYPES = ("adam", "adamw")
 
@@ -160,7 +163,6 @@ def _nvcc_release(nvcc: str) -> tuple[str | None, str]:
 def probe_cuda_toolchain() -> CudaToolchain:
     """Ask this node: torch's CUDA, a prebuilt FusedAdam, nvcc where DeepSpeed looks (torch's
     CUDA_HOME: $CUDA_HOME, nvcc on PATH, /usr/local/cuda), ninja, torch's extensions cache."""
-    import torch
     import torch.utils.cpp_extension as cpp_extension
 
     if torch.version.cuda is None:
@@ -175,7 +177,6 @@ def probe_cuda_toolchain() -> CudaToolchain:
         from deepspeed.ops.op_builder.builder import cuda_minor_mismatch_ok
     except ImportError:
         cuda_minor_mismatch_ok = {}
-    from interbert.training.op_cache import cached_op
 
     return CudaToolchain(torch.version.cuda, prebuilt, prebuilt_problem, nvcc, release, problem, on_path,
                          cpp_extension.is_ninja_available(), cached_op("fused_adam"), dict(cuda_minor_mismatch_ok))
@@ -226,9 +227,22 @@ def adapt_to_device(ds_config: dict, device_type: str, *, toolchain: CudaToolcha
     if device_type != "cpu":
         return None
     params["torch_adam"] = True
+    if "fused" not in params and torch_fuses_on_cpu():  # an explicit "fused": false in the config is kept
+        params["fused"] = True
+    fused = "(fused=True)" if params.get("fused") else ""
     return ("optimizer: DeepSpeed's FusedAdam is a CUDA kernel; on this CPU the config's "
-            f"{section['type']} runs as torch.optim.{_torch_class(section)} "
+            f"{section['type']} runs as torch.optim.{_torch_class(section)}{fused} "
             "(torch_adam)")
+
+
+def torch_fuses_on_cpu() -> bool:
+    """Whether this torch has fused Adam/AdamW kernels for the CPU (2.4 and later): one pass over every
+    parameter per step instead of a chain of elementwise ops per tensor."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:
+        return False
+    return "cpu" in _get_fused_kernels_supported_devices()
 
 
 def describe_optimizer(engine) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from interbert.errors import UserError
+from interbert.training.device_check import check_cuda_device, query_cuda_device
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -78,7 +79,6 @@ def resolve_precision(requested: str, ds_config: dict, device: torch.device,
 
 def _check_card(choice: PrecisionChoice, requested: str, device: torch.device, config_path: str,
                 cuda_device) -> PrecisionChoice:
-    from interbert.training.device_check import check_cuda_device, query_cuda_device
 
     if cuda_device is _QUERY:
         cuda_device = query_cuda_device(device.index)

@@ -26,8 +26,26 @@ import torch
 from interbert.errors import UsageError, UserError
 
 if TYPE_CHECKING:
-    from interbert.training.distributed import DistributedEnvironment, JobPlacement
+    from interbert.training.distributed import DistributedEnvironment, JobPlacement, skip_single_rank_allreduce
     from interbert.training.precision import PrecisionChoice
+import shutil
+
+import torch.distributed as torch_dist
+
+from interbert.data.text.tokenization import VOCAB_NAME
+from interbert.training import ds_config as dsc
+from interbert.training.checkpoint import check_precision, needs_universal
+from interbert.training.checkpoint_folder import check_latest, tag_for
+from interbert.training.console import install_console
+from interbert.training.distributed import discover_job, init_process_group, job_device, skip_single_rank_allreduce
+from interbert.training.ds_config import scheduler_total_steps
+from interbert.training.extensions import check_build_locks
+from interbert.training.guard import GuardSettings
+from interbert.training.hosts import check_launch_host
+from interbert.training.monitor import Monitor
+from interbert.training.optimizer import adapt_to_device, describe_optimizer, parameter_groups
+from interbert.training.precision import PRECISIONS, resolve_precision
+from interbert.training.shared_folder import agree_on_every_host
 
 
 @dataclass(frozen=True)
@@ -76,8 +94,6 @@ class RunSettings:
 
     @property
     def guard(self):
-        from interbert.training.guard import GuardSettings
-
         return GuardSettings(self.loss_spike_factor, self.loss_spike_history, self.max_skipped_steps)
 
 
@@ -85,7 +101,6 @@ def add_run_arguments(parser, *, keep_last: int, epochs_default: str, outputs: s
     """The flags of RunSettings, shared by `interbert pretrain` and `interbert finetune`; every help
     text names its default once. `epochs_default`: where the run length comes from without a flag.
     Returns the "run" group, for an entry point's own run flags."""
-    from interbert.training.precision import PRECISIONS
 
     run = parser.add_argument_group("run")
     run.add_argument("--deepspeed_config", "--deepspeed-config", dest="deepspeed_config",
@@ -150,10 +165,6 @@ class Job:
 def prepare(run: RunSettings, prefix: str, raw_config: dict | None = None, *, trains: bool = True) -> Job:
     """Everything that can be checked without the process group. `raw_config`: the DeepSpeed config
     when the caller has already read it (fine-tuning takes its `finetune` section out first)."""
-    from interbert.training import ds_config as dsc
-    from interbert.training.distributed import discover_job, job_device
-    from interbert.training.hosts import check_launch_host
-    from interbert.training.precision import resolve_precision
 
     placement = discover_job(run.local_rank)
 
@@ -181,7 +192,6 @@ def check_checkpoint_folder(job: Job) -> None:
         raise UsageError(f"{run.checkpoint_dir} already holds checkpoints: pass --resume to continue "
                          "that run, or choose another --output-dir")
     if run.resume:
-        from interbert.training.checkpoint import check_latest, check_precision
 
         check_latest(run.checkpoint_dir)  # every file there and complete, or the newest complete one named
         check_precision(run.checkpoint_dir, job.precision.name)
@@ -190,10 +200,6 @@ def check_checkpoint_folder(job: Job) -> None:
 def start(job: Job, checks: Sequence[Callable[[], None]] = ()):
     """The process group (collective), the checks every host must pass (the shared --output-dir,
     the checkpoint folder, then `checks`: the entry point's inputs), CPU threads, the first lines."""
-    from interbert.training.console import install_console
-    from interbert.training.distributed import init_process_group
-    from interbert.training.extensions import check_build_locks
-    from interbert.training.shared_folder import agree_on_every_host
 
     if job.placement.launcher != "single process":
         install_console(job.run.output_dir, job.placement.rank)  # prints survive a closed ssh session
@@ -207,7 +213,6 @@ def start(job: Job, checks: Sequence[Callable[[], None]] = ()):
         agree_on_every_host(job.run.output_dir, env.rank, [*folder_checks, *checks])
     except UserError:
         if env.world_size > 1:  # a live gloo group of several ranks at exit aborts the process (134, not 2)
-            import torch.distributed as torch_dist
 
             torch_dist.destroy_process_group()
         raise
@@ -235,7 +240,6 @@ def set_cpu_threads(placement, device, say) -> None:
 def plan_steps(run: RunSettings, ds_config: dict, steps_per_epoch: int, config_epochs: float | None = None,
                config_epochs_key: str = "") -> int:
     """--max-steps, else --epochs (else the config's epochs), else the scheduler's total_num_steps."""
-    from interbert.training.ds_config import scheduler_total_steps
 
     epochs = run.epochs or config_epochs
     if run.max_steps:
@@ -255,10 +259,6 @@ def build_engine(job: Job, model):
     with the model's weight-decay groups; every rank then gets its own dropout stream."""
     import deepspeed
 
-    from interbert.training import ds_config as dsc
-    from interbert.training.checkpoint import needs_universal
-    from interbert.training.optimizer import adapt_to_device, describe_optimizer, parameter_groups
-
     note = adapt_to_device(job.ds_config, job.device.type)
     if note:
         job.say(note)
@@ -269,13 +269,13 @@ def build_engine(job: Job, model):
     seed_everything(job.run.seed + job.started.rank)
     optimizer = describe_optimizer(engine)
     job.say(f"optimizer: {optimizer}")
+    if skip_single_rank_allreduce(engine):
+        job.say("gradients: one data-parallel rank, so the engine's all-reduce (a copy of the flat fp32 "
+                "gradients over a world of one) is skipped")
     return engine, optimizer
 
 
 def make_monitor(job: Job, prefix: str):
-    from interbert.training import ds_config as dsc
-    from interbert.training.monitor import Monitor
-
     return Monitor(job.run.output_dir, enabled=job.started.is_main, tensorboard=dsc.tensorboard_enabled(job.ds_config),
                    deepspeed_monitors=dsc.external_monitors(job.ds_config), prefix=prefix)
 
@@ -304,17 +304,12 @@ def consolidated_weights(engine, job: Job, step: int, keep: dict | None = None) 
         return state
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    from interbert.training.checkpoint import tag_for
-
     master = get_fp32_state_dict_from_zero_checkpoint(str(job.run.checkpoint_dir), tag=tag_for(step))
     return {**state, **(keep or {}), **master}
 
 
 def write_model_directory(model, directory: Path, vocab: str, say, what: str = "model") -> None:
     """save_pretrained plus the run's vocab.txt, so the directory is complete on its own."""
-    import shutil
-
-    from interbert.data.text.tokenization import VOCAB_NAME
 
     model.save_pretrained(directory)
     shutil.copyfile(vocab, Path(directory) / VOCAB_NAME)

@@ -40,3 +40,10 @@ class StopRequest:
             # A second Ctrl-C means "now": give up on the clean stop.
             raise KeyboardInterrupt
         self.signal_name = signal.Signals(number).name
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader worker start-up: leave SIGTERM / SIGINT to the training process, which stops
+    at a step boundary; a worker killed by them would abort the clean stop."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

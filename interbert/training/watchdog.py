@@ -21,6 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from interbert.training import console
+from interbert.training.distributed import remove_cpu_allreduce_buffer
 from interbert.training.hosts import host_label
 
 LAUNCHER_MARKERS = ("deepspeed", "torchrun", "torch.distributed.run", "mpirun", "orterun", "prterun", "orted")
@@ -162,7 +163,6 @@ class Heartbeat:
         self._stopped.set()
         self._exit(f"[watchdog] rank {self.rank}: {named} is gone (its process ended or its host was lost; the "
                    f"collective failed with: {detail}): ending this rank", named)
-
     def _beat(self, store, other: int) -> int:
         key = f"{self.prefix}/beat/{other}"
         return int(store.get(key)) if store.check([key]) else -1
@@ -181,8 +181,6 @@ class Heartbeat:
                    "does not hang", f"rank {other} ({who})")
 
     def _exit(self, message: str, named: str) -> None:
-        from interbert.training.distributed import remove_cpu_allreduce_buffer
-
         print(message, file=sys.stderr, flush=True)
         # os._exit skips the exit handlers: remove this rank's all-reduce segment here, and the silent
         # ranks' when they ran on this machine (they will be killed and cannot remove their own).

@@ -1,16 +1,13 @@
 """benchmarks/data_scale.py and benchmarks/dataloader.py at toy sizes: they run the real
 converter, store and loader, and their figures describe what was built."""
 import json
-import sys
 from pathlib import Path
 
+import data_scale
+import dataloader
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import data_scale  # noqa: E402
-import dataloader  # noqa: E402
 
 
 def test_data_scale_converts_reads_and_projects(tmp_path, capsys):

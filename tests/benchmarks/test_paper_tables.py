@@ -2,17 +2,14 @@
 regions, warm-up) reach the corpus, the datasets, the schedule and the JSON, with the chance
 level of the test split."""
 import json
-import sys
 from pathlib import Path
 
+import paper_tables
 import pytest
 
+from interbert.data.ingest.synth import OBJECT_WORDS
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import paper_tables  # noqa: E402
-
-from interbert.data.ingest.synth import OBJECT_WORDS  # noqa: E402
 
 TOY = ["--seeds", "1", "--images", "16", "--test-images", "4", "--pretrain-steps", "2", "--pretrain-batch", "4",
        "--finetune-steps", "2", "--finetune-batch", "2", "--pool-size", "2", "--refresh-every", "1"]

@@ -1,13 +1,11 @@
 """benchmarks/retrieval_eval.py end to end on a few synthetic images: one row per precision, the
 exact row agrees with the released-style loop, the bf16 row counts its rank changes."""
 import json
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "benchmarks"))
+from retrieval_eval import main
 
-from retrieval_eval import main  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_retrieval_benchmark_reports_each_precision_against_the_released_loop(tmp_path, capsys):

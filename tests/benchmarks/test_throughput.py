@@ -7,15 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from memory_meter import SavedTensorMeter
+from v100_plan import PlanAssumptions, plan
+
+from interbert.config import InterBertConfig
+from interbert.modeling.flops import sample_flops
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from memory_meter import SavedTensorMeter  # noqa: E402
-from v100_plan import PlanAssumptions, plan  # noqa: E402
-
-from interbert.config import InterBertConfig  # noqa: E402
-from interbert.training.flops import sample_flops  # noqa: E402
 
 RESULT_FIGURES = ("samples_per_s", "tokens_per_s", "ms_per_step", "tflops", "mfu",
                   "activation_bytes", "model_state_bytes", "memory_bytes", "optimizer")
@@ -26,7 +24,8 @@ def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("throughput")
     command = [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--preset", "tiny",
                "--micro-batches", "1,2", "--warmup", "1", "--steps", "2", "--regions", "12",
-               "--text-tokens", "10", "--json", str(out / "t.json"), "--plot", str(out / "t.png")]
+               "--text-tokens", "10", "--json", str(out / "t.json"), "--plot", str(out / "t.png"),
+               "--write-baseline", str(out / "baseline.json")]
     # a clean world of one: no rank or rendezvous left in the environment by other tests
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
@@ -47,6 +46,46 @@ def test_every_figure_is_reported_for_both_systems_and_sizes(report):
         assert 0 < row["mfu"] < 1
     assert [(r["system"], r["micro_batch"]) for r in data["ratios"]] == [("interbert-ds", 1), ("interbert-ds", 2)]
     assert "interbert-ds / hf-eager at micro-batch 2" in stdout
+
+
+def test_every_figure_has_its_matmul_floor_and_the_share_outside_matmuls(report):
+    data, stdout, _ = report
+    peak = data["environment"]["peak_flops"]
+    for row in data["results"]:
+        step_flops = row["tflops"] * 1e12 * sum(row["ms_per_step"].values()) / 1000
+        assert row["matmul_floor_ms_per_step"] == pytest.approx(1000 * step_flops / peak, rel=1e-6)
+        assert 0 <= row["outside_matmul_share"] < 1  # a profiled step spends some time in matmuls
+    assert "floor ms" in stdout and "no-mm %" in stdout
+
+
+def test_the_recorded_baseline_holds_the_ratios_and_the_machine(report):
+    data, _, out = report
+    baseline = json.loads((out / "baseline.json").read_text())
+    assert baseline["machine"]["device"] == data["environment"]["device"]
+    assert baseline["ratios"] == data["named_ratios"]
+    assert baseline["ratios"]["interbert-ds / hf-eager samples/s, micro-batch 2"] == data["ratios"][1]["samples_per_s"]
+    assert "--write-baseline" in baseline["command"]
+
+
+def test_compare_flags_a_ratio_that_fell_by_more_than_15_percent():
+    from baseline import compare
+
+    recorded = {"ratios": {"a": 2.0, "b": 1.0, "gone": 1.0}}
+    lines, regressions = compare({"a": 1.66, "b": 0.9}, recorded)
+    assert regressions == ["a"]  # -17% is flagged, -10% is not
+    assert any("a: 2.000 -> 1.660 (-17%)  REGRESSION" in line for line in lines)
+    assert any("gone: recorded 1.000, not measured in this run" in line for line in lines)
+    assert compare({"a": 2.5, "b": 1.0}, recorded)[1] == []
+
+
+def test_compare_with_a_file_that_is_no_baseline_is_one_line_and_status_2(tmp_path):
+    bad = tmp_path / "b.json"
+    bad.write_text("{}")
+    finished = subprocess.run([sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--compare", str(bad)],
+                              capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert finished.returncode == 2
+    assert finished.stderr.strip().splitlines()[-1] == (
+        f'throughput.py: error: --compare {bad}: no "ratios" object: write one with --write-baseline')
 
 
 def test_the_environment_names_precision_ops_and_peak(report):

@@ -8,12 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from throughput import PlainTorch, parse_args
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from throughput import PlainTorch, parse_args  # noqa: E402
-
 BENCHMARK_CONFIG = REPO / "ds_configs" / "benchmark_cpu_bf16.json"
 
 
@@ -100,7 +97,6 @@ def test_flags_are_checked():
 
 SKIP_CHECK = textwrap.dedent("""
     import sys
-    sys.path.insert(0, sys.argv[1] + "/benchmarks")
     import torch
     import throughput as T
     from interbert.config import InterBertConfig
@@ -114,7 +110,7 @@ SKIP_CHECK = textwrap.dedent("""
     states = {}
     for mode in ("skip", "keep"):
         torch.manual_seed(0)
-        ours = T.Ours(config, sys.argv[2], 2, "auto", device, accumulation=2, single_rank_allreduce=mode)
+        ours = T.Ours(config, sys.argv[1], 2, "auto", device, accumulation=2, single_rank_allreduce=mode)
         initial = {k: v.float().clone() for k, v in ours.module.state_dict().items()}
         assert ours.allreduce_skipped == (mode == "skip"), mode
         for index, batch in enumerate(batches):
@@ -127,7 +123,7 @@ SKIP_CHECK = textwrap.dedent("""
         assert torch.equal(value, states["keep"][name]), name
     print("identical", len(states["skip"]))
     # DeepSpeedZeroOptimizer (the paper's config) needs its reduction: the switch leaves it alone
-    zero = T.Ours(config, sys.argv[3], 2, "auto", device, accumulation=2, single_rank_allreduce="skip")
+    zero = T.Ours(config, sys.argv[2], 2, "auto", device, accumulation=2, single_rank_allreduce="skip")
     assert zero.wrapper == "DeepSpeedZeroOptimizer" and not zero.allreduce_skipped
     assert zero.engine.enable_backward_allreduce
     for index, batch in enumerate(batches):
@@ -141,8 +137,11 @@ SKIP_CHECK = textwrap.dedent("""
 def test_skipping_the_single_rank_allreduce_leaves_training_bit_identical(tmp_path):
     script = tmp_path / "skip_check.py"
     script.write_text(SKIP_CHECK)
-    finished = subprocess.run([sys.executable, str(script), str(REPO), str(BENCHMARK_CONFIG),
+    # the script imports benchmarks/throughput.py by name, as the tests do (pyproject's pythonpath)
+    env = _clean_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "benchmarks"), *filter(None, [env.get("PYTHONPATH")])])
+    finished = subprocess.run([sys.executable, str(script), str(BENCHMARK_CONFIG),
                                str(REPO / "ds_configs" / "pretrain_v100x8.json")],
-                              capture_output=True, text=True, timeout=600, cwd=REPO, env=_clean_env())
+                              capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert "identical" in finished.stdout and "zero kept" in finished.stdout

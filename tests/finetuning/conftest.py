@@ -1,39 +1,17 @@
-"""Fixtures of the fine-tuning tests: a small synthetic corpus, VCR and GLUE files written in
-their real formats, DeepSpeed configs, and `run_finetune` (the real entry point, in process)."""
+"""Fixtures of the fine-tuning tests: VCR and GLUE files written in their real formats, DeepSpeed
+configs, `run_finetune` (the real entry point, in process) and the train log read back. The corpus
+(`ft_corpus`) and `tiny_model` come from tests/conftest.py."""
 from __future__ import annotations
 
+import functools
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-@pytest.fixture(scope="session")
-def ft_corpus(tmp_path_factory) -> Path:
-    """24 synthetic images (16 train, 4 val, 4 test), 3 captions each: features/, captions.jsonl."""
-    from interbert.data.ingest.synth import synthesize_corpus
-
-    root = tmp_path_factory.mktemp("ft") / "corpus"
-    synthesize_corpus(root, num_images=24, seed=1, captions_per_image=3, val_images=4, test_images=4,
-                      progress=False)
-    return root
-
-
-@pytest.fixture(scope="session")
-def tiny_model():
-    """A tiny InterBertForPretraining in evaluation mode (fixed seed)."""
-    import torch
-
-    from interbert.modeling import InterBertConfig, InterBertForPretraining
-
-    torch.manual_seed(0)
-    return InterBertForPretraining(InterBertConfig.from_preset("tiny")).eval()
-
+from tests.helpers.ds_config import FINETUNING, write_ds_config
+from tests.helpers.train_log import read_train_log
 
 VCR_OBJECTS = ["person", "person", "dog", "car"]
 
@@ -127,32 +105,17 @@ def glue_writer():
     return write_glue
 
 
-def write_ds_config(path: Path, *, micro: int = 2, accumulation: int = 1, precision: str = "fp32",
-                    lr: float = 1e-3, finetune: dict | None = None) -> Path:
-    config = {
-        "train_batch_size": micro * accumulation, "train_micro_batch_size_per_gpu": micro,
-        "gradient_accumulation_steps": accumulation, "gradient_clipping": 1.0,
-        "optimizer": {"type": "AdamW", "params": {"lr": lr, "weight_decay": 0.01}},
-        "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": lr,
-                                                          "warmup_num_steps": 1}},
-        "bf16": {"enabled": precision == "bf16"}, "zero_optimization": {"stage": 1},
-        "tensorboard": {"enabled": True},
-        "finetune": finetune if finetune is not None else {"max_regions": 12},
-    }
-    path.write_text(json.dumps(config, indent=2))
-    return path
-
-
 @pytest.fixture
 def ds_config_writer():
-    return write_ds_config
+    """write_ds_config with the fine-tuning defaults (one rank, micro-batch 2, a `finetune` section)."""
+    return functools.partial(write_ds_config, **FINETUNING)
 
 
 @pytest.fixture(scope="session")
 def run_finetune():
     """The real entry point in this process (single rank): run_finetune(*argv) -> exit status."""
     from interbert.data.text.tokenization import default_vocab_file
-    from interbert.finetune import main
+    from interbert.finetuning.command import main
 
     def run(*argv: str, vocab: bool = True) -> int:
         extra = ["--vocab", default_vocab_file()] if vocab else []  # the test wheel's bert-base-uncased vocabulary
@@ -161,11 +124,6 @@ def run_finetune():
     return run
 
 
-def read_log(output: Path) -> list[dict]:
-    records = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
-    return [r for r in records if "loss" in r]
-
-
 @pytest.fixture
 def train_log():
-    return read_log
+    return read_train_log

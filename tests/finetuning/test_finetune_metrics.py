@@ -1,12 +1,11 @@
-"""Metrics against values worked out by hand on tiny known inputs."""
+"""The fine-tuning metrics (interbert/finetuning/metrics.py) against values worked out by hand on tiny
+known inputs; the retrieval metrics are tested in tests/evaluation/test_retrieval_metrics.py."""
 from __future__ import annotations
 
 import math
 
 import pytest
-import torch
 
-from interbert.evaluation.metrics import retrieval_metrics
 from interbert.finetuning.metrics import (
     accuracy,
     average_ranks,
@@ -16,24 +15,6 @@ from interbert.finetuning.metrics import (
     qar_accuracy,
     spearman_correlation,
 )
-
-
-def test_recall_and_median_rank_on_a_known_score_matrix():
-    # 3 images, 4 captions; captions 0,1 belong to image 0, caption 2 to image 1, caption 3 to image 2.
-    scores = torch.tensor([[0.9, 0.1, 0.2],    # own image 0 ranked 1
-                           [0.1, 0.8, 0.7],    # own image 0 ranked 3
-                           [0.5, 0.4, 0.6],    # own image 1 ranked 3
-                           [0.2, 0.3, 0.1]])   # own image 2 ranked 3... scores 0.1 < 0.2 < 0.3 -> rank 3
-    metrics = retrieval_metrics(scores, torch.tensor([0, 0, 1, 2]))
-    # text->image ranks: 1, 3, 3, 3
-    assert metrics["t2i_r@1"] == pytest.approx(1 / 4)
-    assert metrics["t2i_r@5"] == pytest.approx(1.0)
-    assert metrics["t2i_median_rank"] == 3
-    # image->text, best own caption: image 0 -> caption 0 (0.9, rank 1); image 1 -> caption 2 (0.4;
-    # captions 1 (0.8) above it: rank 2); image 2 -> caption 3 (0.1; 0.2, 0.7, 0.6 above: rank 4)
-    assert metrics["i2t_r@1"] == pytest.approx(1 / 3)
-    assert metrics["i2t_median_rank"] == 2
-    assert metrics["i2t_mean_rank"] == pytest.approx(7 / 3)
 
 
 def test_f1_of_the_positive_class():

@@ -1,16 +1,9 @@
-"""Two loopback hosts (tests/hosts/loopback_hosts.py), once per session; the training tests'
-helpers are imported from tests/training."""
+"""Two loopback hosts (tests/helpers/loopback_hosts.py), once per session."""
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parents[1] / "training"))
-
-from loopback_hosts import LoopbackHosts, missing_tools  # noqa: E402
+from tests.helpers.loopback_hosts import LoopbackHosts, missing_tools
 
 
 @pytest.fixture(scope="session")

@@ -11,21 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from tests import test_documented_commands as documented
+
 REPO = Path(__file__).resolve().parents[2]
 MARK = "<!-- runs on two loopback hosts as written: tests/hosts/test_documented_hosts.py -->"
 
 pytestmark = pytest.mark.slow
 
 
-def _documented_commands():
-    sys.path.insert(0, str(REPO / "tests"))
-    import test_documented_commands
-
-    return test_documented_commands
-
-
 def test_the_several_hosts_block_runs_on_two_hosts(two_hosts, tmp_path):
-    documented = _documented_commands()
     text = (REPO / "docs" / "training.md").read_text()
     blocks = [block for block in documented.marked_blocks(text.replace(MARK, documented.MARK))
               if any("interbert launch" in line for line in block)]

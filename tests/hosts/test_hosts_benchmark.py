@@ -9,7 +9,8 @@ import subprocess
 import sys
 
 import pytest
-from training_test_helpers import REPO, subprocess_env
+
+from tests.helpers.training_runs import REPO, subprocess_env
 
 pytestmark = pytest.mark.slow
 SCRIPT = str(REPO / "benchmarks" / "hosts.py")

@@ -8,7 +8,9 @@ import socket
 import subprocess
 
 import pytest
-from training_test_helpers import BIN, REPO, launch_deepspeed, pretrain_args, subprocess_env, write_ds_config
+
+from tests.helpers.ds_config import write_ds_config
+from tests.helpers.training_runs import BIN, REPO, launch_deepspeed, pretrain_args, subprocess_env
 
 pytestmark = pytest.mark.slow
 NOT_THIS_MACHINE = "198.51.100.7"  # a documentation address (TEST-NET-2): never contacted, only not ours

@@ -9,8 +9,9 @@ import signal
 from pathlib import Path
 
 import pytest
-from training_test_helpers import read_train_log
-from two_host_jobs import end_job, processes, start, wait_for, wait_for_steps
+
+from tests.helpers.train_log import read_train_log
+from tests.helpers.two_host_jobs import end_job, processes, start, wait_for, wait_for_steps
 
 pytestmark = pytest.mark.slow
 

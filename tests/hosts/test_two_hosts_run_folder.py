@@ -7,7 +7,8 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from two_host_jobs import run
+
+from tests.helpers.two_host_jobs import run
 
 pytestmark = pytest.mark.slow
 

@@ -13,16 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_test_helpers import (
-    REPO,
-    explain,
-    launch_deepspeed,
-    pretrain_args,
-    read_train_log,
-    subprocess_env,
-    write_ds_config,
-)
-from two_host_jobs import (
+
+from interbert.modeling import InterBertForPretraining
+from tests.helpers.ds_config import write_ds_config
+from tests.helpers.train_log import read_train_log
+from tests.helpers.training_runs import REPO, explain, launch_deepspeed, pretrain_args, subprocess_env
+from tests.helpers.two_host_jobs import (
     end_job,
     launcher_pid,
     processes,
@@ -33,8 +29,6 @@ from two_host_jobs import (
     wait_for,
     wait_for_steps,
 )
-
-from interbert.modeling import InterBertForPretraining
 
 pytestmark = pytest.mark.slow
 REFERENCE_STEPS = 30

@@ -13,8 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-from private_slurm import PROGRAMS, PrivateSlurm, SlurmUnavailable, port_is_free
-from training_test_helpers import REPO, VOCAB, read_train_log, subprocess_env, write_ds_config
+
+from tests.helpers.ds_config import write_ds_config
+from tests.helpers.private_slurm import PROGRAMS, PrivateSlurm, SlurmUnavailable, port_is_free
+from tests.helpers.train_log import logged_lines, read_train_log
+from tests.helpers.training_runs import REPO, VOCAB, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -80,8 +83,7 @@ def test_sbatch_trains_via_srun_saves_on_sigterm_requeues_and_resumes(cluster, c
         assert info["JobState"] not in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"), info
         return info
 
-    train_log = output / "train_log.jsonl"
-    wait_until(lambda: state() and train_log.is_file() and len(train_log.read_text().splitlines()) >= 3,
+    wait_until(lambda: state() and logged_lines(output) >= 3,
                60, "the job did not log 3 steps", log)
     cluster.client("scancel", "--signal=TERM", "--batch", str(job))  # what --signal=B:TERM@120 sends
     wait_until(lambda: state()["Restarts"] == "1" and state()["JobState"] == "COMPLETED",

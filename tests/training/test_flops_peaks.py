@@ -3,7 +3,7 @@ part's dense vendor peak per format; a name or format the table lacks is measure
 import pytest
 import torch
 
-from interbert.training.flops import Peak, device_peak, peak_for, sku_peaks, table_peak
+from interbert.training.peaks import Peak, device_peak, peak_for, sku_peaks, table_peak
 
 T = 1e12
 HALF = [  # name as torch.cuda.get_device_name reports it, part, dense fp16/bf16 TFLOP/s

@@ -7,13 +7,13 @@ import json
 
 import pytest
 import torch
-from training_test_helpers import REPO
 
 from interbert.errors import UsageError
 from interbert.training.device_check import CudaDevice, check_cuda_device, runs_on
 from interbert.training.extensions import build_cuda_ops
 from interbert.training.optimizer import CudaToolchain, adapt_to_device, cuda_versions_agree, plan_cuda_adam
 from interbert.training.precision import resolve_precision
+from tests.helpers.training_runs import REPO
 
 CU126_ARCHES = ("sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90")
 CU128_ARCHES = ("sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120", "compute_120")

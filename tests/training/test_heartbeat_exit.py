@@ -3,9 +3,8 @@ thread still inside a store call when the interpreter exits is ended mid-C++ and
 ("terminate called without an active exception", exit -6). Real TCPStore, real thread."""
 from datetime import timedelta
 
-from training_test_helpers import free_port
-
 from interbert.training.watchdog import Heartbeat
+from tests.helpers.training_runs import free_port
 
 
 def test_stop_waits_for_the_thread_to_leave_the_store(monkeypatch):

@@ -10,10 +10,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from training_test_helpers import REPO
 
 from interbert import resources
 from interbert.training.ds_config import ConfigError, load_ds_config
+from tests.helpers.training_runs import REPO
 
 
 def test_the_wheel_carries_every_config_and_hostfile(tmp_path):

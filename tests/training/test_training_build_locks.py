@@ -10,10 +10,11 @@ import sys
 import time
 
 import pytest
-from training_test_helpers import REPO, explain, pretrain_args, subprocess_env, wait_for, write_ds_config
 
 from interbert.training.extensions import StaleBuildLock, check_build_locks
 from interbert.training.op_cache import op_build_directory
+from tests.helpers.ds_config import write_ds_config
+from tests.helpers.training_runs import REPO, explain, pretrain_args, subprocess_env, wait_for
 
 
 def make_lock(root, name="deepspeed_shm_comm", age=600.0):

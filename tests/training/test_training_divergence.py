@@ -2,15 +2,16 @@
 DeepSpeed skipped in bf16/fp32, or a run of skipped fp16 steps stops the run naming the step. The
 checkpoints that hold the bad weights are set aside (renamed, not deleted), `latest` names the last
 good one, and a `--resume` from it trains at the new config's learning rate from its first step."""
-import json
 import math
 import subprocess
 import sys
 
 import pytest
-from training_test_helpers import REPO, explain, pretrain_args, subprocess_env, write_ds_config
 
 from interbert.training.guard import Diverged, DivergenceGuard, GuardSettings
+from tests.helpers.ds_config import write_ds_config
+from tests.helpers.train_log import read_train_log
+from tests.helpers.training_runs import REPO, explain, pretrain_args, subprocess_env
 
 
 def test_a_spike_against_the_running_median_is_named():
@@ -72,7 +73,7 @@ def run_until_it_breaks(corpus, tmp_path, lr: float, *extra: str, precision: str
                             text=True, timeout=300)
     assert result.returncode == 3, explain(result)
     assert not (output / "model").exists()  # no model from bad weights
-    log = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
+    log = read_train_log(output, every_record=True)
     return result, output, log
 
 
@@ -136,7 +137,7 @@ def test_after_a_nan_latest_names_the_last_good_checkpoint_and_resume_trains_at_
     assert resumed.returncode == 0, explain(resumed)
     assert f"resumed from {output / 'checkpoints' / good}" in resumed.stdout
     assert f"learning rate: step {bad - 1} trains at 0.001 from this run's configuration" in resumed.stdout
-    records = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
+    records = read_train_log(output, every_record=True)
     first = next(r for r in records if r["step"] == bad - 1 and r["learning_rate"] < 1)
     assert first["learning_rate"] == pytest.approx(1e-3)
     assert all(math.isfinite(r["loss"]) for r in records if r["learning_rate"] < 1)

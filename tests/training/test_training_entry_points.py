@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import subprocess
 import sys
 
 import pytest
-from training_test_helpers import REPO, VOCAB, explain, subprocess_env, write_ds_config
 
 import interbert
-from interbert.finetune import build_parser as build_finetune_parser
-from interbert.pretrain import build_parser
+from interbert.finetuning.command import build_parser as build_finetune_parser
+from interbert.pretraining.command import build_parser
+from tests.helpers.ds_config import write_ds_config
+from tests.helpers.train_log import read_train_log
+from tests.helpers.training_runs import REPO, VOCAB, explain, subprocess_env
 
 
 def interbert_command(*args: str) -> subprocess.CompletedProcess:
@@ -36,8 +37,7 @@ def test_interbert_pretrain_trains_saves_and_feeds_the_configs_csv_monitor(corpu
     result = pretrain_command(corpus, tmp_path, config)
     assert result.returncode == 0, explain(result)
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
-    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()
-              if "loss" in json.loads(line)]
+    losses = [record["loss"] for record in read_train_log(tmp_path / "run")]
     rows = (tmp_path / "csv" / "tiny" / "train_loss.csv").read_text().splitlines()
     assert rows[0] == "step,loss" and [float(r.split(",")[1]) for r in rows[1:]] == pytest.approx(losses)
 
@@ -71,3 +71,25 @@ def test_every_default_is_said_once(parser):
         assert text.count("default") <= 1, (action.dest, text)
         if action.default not in (None, False, argparse.SUPPRESS):
             assert "default" in text, (action.dest, text)
+
+
+@pytest.mark.parametrize("script", ["pretrain", "finetune"])
+def test_the_launcher_scripts_without_the_installed_package_say_so_in_one_line(script):
+    """`python -S` skips site-packages, where the editable install lives: the scripts then cannot
+    import interbert (they no longer put the checkout on sys.path) and say what to do."""
+    result = subprocess.run([sys.executable, "-S", str(REPO / "interbert" / f"{script}.py"), "--help"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, explain(result)
+    assert result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        f"interbert/{script}.py: the interbert package is not installed in this Python ({sys.executable}): "
+        "run ./run.sh or `pip install -e .` in the repository, or start the ranks with "
+        f"`deepspeed --module interbert.{script}` from the repository root"]
+
+
+@pytest.mark.parametrize("script", ["pretrain", "finetune"])
+def test_the_launcher_scripts_run_the_commands_of_their_packages(script):
+    result = subprocess.run([sys.executable, str(REPO / "interbert" / f"{script}.py"), "--help"],
+                            cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, explain(result)
+    assert result.stdout.startswith(f"usage: interbert/{script}.py")

@@ -7,9 +7,10 @@ import subprocess
 import sys
 
 import pytest
-from training_test_helpers import PRETRAIN, REPO, VOCAB, subprocess_env, write_ds_config
 
-from interbert.pretrain import main
+from interbert.pretraining.command import main
+from tests.helpers.ds_config import write_ds_config
+from tests.helpers.training_runs import PRETRAIN, REPO, VOCAB, subprocess_env
 
 
 @pytest.fixture(autouse=True)

@@ -10,19 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_test_helpers import (
-    REPO,
-    explain,
-    launch_deepspeed,
-    pretrain_args,
-    read_train_log,
-    subprocess_env,
-    write_ds_config,
-)
 
 from interbert.config import InterBertConfig
 from interbert.modeling import InterBertForPretraining
-from interbert.training.monitor import TRAIN_SCALARS
+from interbert.pretraining.console import TRAIN_SCALARS
+from tests.helpers.ds_config import write_ds_config
+from tests.helpers.train_log import read_train_log
+from tests.helpers.training_runs import REPO, explain, launch_deepspeed, pretrain_args, subprocess_env
 
 pytestmark = pytest.mark.slow
 STEPS = 4

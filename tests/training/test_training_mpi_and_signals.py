@@ -9,17 +9,10 @@ import sys
 import time
 
 import pytest
-from training_test_helpers import (
-    BIN,
-    PRETRAIN,
-    REPO,
-    explain,
-    free_port,
-    pretrain_args,
-    read_train_log,
-    subprocess_env,
-    write_ds_config,
-)
+
+from tests.helpers.ds_config import write_ds_config
+from tests.helpers.train_log import logged_lines, read_train_log
+from tests.helpers.training_runs import BIN, PRETRAIN, REPO, explain, free_port, pretrain_args, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -44,9 +37,8 @@ def test_mpirun_with_master_addr_trains(corpus, tmp_path):
 
 
 def _wait_for_steps(output, count: int, process, deadline: float) -> None:
-    log = output / "train_log.jsonl"
     while time.monotonic() < deadline:
-        if log.is_file() and len(log.read_text().splitlines()) >= count:
+        if logged_lines(output) >= count:
             return
         if process.poll() is not None and process.returncode != 0:
             raise AssertionError(f"the run ended early: {process.communicate()}")

@@ -5,7 +5,8 @@ import json
 import subprocess
 import sys
 
-from training_test_helpers import REPO, explain, pretrain_args, subprocess_env, write_ds_config
+from tests.helpers.ds_config import write_ds_config
+from tests.helpers.training_runs import REPO, explain, pretrain_args, subprocess_env
 
 
 def two_steps(corpus, tmp_path, **config):

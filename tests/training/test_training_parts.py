@@ -1,5 +1,5 @@
-"""The training stack's parts on their own: FLOP accounting, retrieval metrics, weight-decay
-groups, optimizer and precision choice, batch-size checks, the stop request."""
+"""The training stack's parts on their own: FLOP accounting, weight-decay groups, optimizer and
+precision choice, batch-size checks, the stop request."""
 from __future__ import annotations
 
 import json
@@ -10,16 +10,15 @@ import sys
 
 import pytest
 import torch
-from training_test_helpers import REPO, explain, subprocess_env
 
 from interbert.config import InterBertConfig
-from interbert.evaluation.metrics import chance_metrics, retrieval_metrics
 from interbert.modeling import InterBertForPretraining
+from interbert.modeling.flops import batch_flops, sample_flops, stack_flops
 from interbert.training.ds_config import ConfigError, resolve_batch_sizes, total_steps_for_epochs
-from interbert.training.flops import batch_flops, sample_flops, stack_flops
 from interbert.training.optimizer import adapt_to_device, decay_parameter_groups, parameter_groups
 from interbert.training.precision import PrecisionError, resolve_precision
 from interbert.training.stopping import StopRequest
+from tests.helpers.training_runs import REPO, explain, subprocess_env
 
 CPU = torch.device("cpu")
 
@@ -46,42 +45,6 @@ def test_padding_is_not_counted():
     padded = {"text_mask": torch.ones(1, 5, dtype=torch.bool),
               "region_mask": torch.ones(1, 3, dtype=torch.bool)}
     assert batch_flops(config, batch).total < batch_flops(config, padded).total
-
-
-# ---------------------------------------------------------------- retrieval metrics
-def test_retrieval_metrics_rank_each_direction():
-    # 3 images, 2 captions each (caption c belongs to image c // 2).
-    caption_image = torch.tensor([0, 0, 1, 1, 2, 2])
-    scores = torch.tensor([
-        [0.9, 0.1, 0.0],  # rank 1
-        [0.2, 0.8, 0.1],  # rank 2
-        [0.1, 0.7, 0.3],  # rank 1
-        [0.1, 0.6, 0.7],  # rank 2
-        [0.5, 0.4, 0.3],  # rank 3
-        [0.0, 0.2, 0.1],  # rank 2
-    ])
-    metrics = retrieval_metrics(scores, caption_image)
-    assert metrics["t2i_r@1"] == pytest.approx(2 / 6)
-    assert metrics["t2i_r@5"] == 1.0
-    assert metrics["t2i_median_rank"] == 2.0
-    # Image 0: its caption 0 (0.9) leads, rank 1. Image 1: its best caption scores 0.7 and
-    # caption 1 (0.8) beats it, rank 2. Image 2: its best is 0.3, tied by caption 2 and
-    # beaten by caption 3, rank 3 (ties count against).
-    assert metrics["i2t_r@1"] == pytest.approx(1 / 3)
-    assert metrics["i2t_median_rank"] == 2.0
-
-
-def test_ties_count_against_the_model():
-    caption_image = torch.tensor([0, 1, 2, 3])
-    metrics = retrieval_metrics(torch.zeros(4, 4), caption_image)
-    assert metrics["t2i_r@1"] == 0.0 and metrics["i2t_r@1"] == 0.0
-
-
-def test_chance_levels():
-    chance = chance_metrics(num_images=100, num_captions=500)
-    assert chance["t2i_r@1"] == pytest.approx(0.01)
-    assert chance["t2i_r@10"] == pytest.approx(0.10)
-    assert chance["i2t_r@1"] == pytest.approx(5 / 500)
 
 
 # ---------------------------------------------------------------- optimizer
@@ -116,6 +79,12 @@ def test_on_a_cpu_adamw_runs_as_torch_adamw_unless_offloaded_or_on_cuda():
     assert adapt_to_device(cuda, "cuda") is None and "torch_adam" not in cuda["optimizer"]["params"]
     note = adapt_to_device(config, "cpu")
     assert config["optimizer"]["params"]["torch_adam"] is True and "torch.optim.AdamW" in note
+    # torch's fused CPU kernel (this torch has one), unless the config says "fused": false
+    assert config["optimizer"]["params"]["fused"] is True
+    assert note.endswith("torch.optim.AdamW(fused=True) (torch_adam)")
+    unfused = {"optimizer": {"type": "AdamW", "params": {"fused": False}}}
+    assert adapt_to_device(unfused, "cpu").endswith("torch.optim.AdamW (torch_adam)")
+    assert unfused["optimizer"]["params"]["fused"] is False
     offloaded = {"optimizer": {"type": "AdamW", "params": {}},
                  "zero_optimization": {"stage": 1, "offload_optimizer": {"device": "cpu"}}}
     assert adapt_to_device(offloaded, "cpu") is None  # DeepSpeedCPUAdam, DeepSpeed's choice

@@ -5,13 +5,10 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from training_test_helpers import (
-    explain,
-    launch_deepspeed,
-    pretrain_args,
-    read_train_log,
-    write_ds_config,
-)
+
+from tests.helpers.ds_config import write_ds_config
+from tests.helpers.train_log import read_train_log
+from tests.helpers.training_runs import explain, launch_deepspeed, pretrain_args
 
 pytestmark = pytest.mark.slow
 # 160 training captions, 2 ranks x micro-batch 4 -> 20 micro-batches per rank per epoch:

@@ -11,10 +11,11 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
-from training_test_helpers import REPO, explain, launch_deepspeed, pretrain_args, read_train_log, subprocess_env
 
 from interbert.config import InterBertConfig
 from interbert.training.safe_load import weights_only_load
+from tests.helpers.train_log import read_train_log
+from tests.helpers.training_runs import REPO, explain, launch_deepspeed, pretrain_args, subprocess_env
 
 pytestmark = pytest.mark.slow
 SAVED, TOTAL = 2, 4

@@ -11,7 +11,9 @@ import sys
 
 import pytest
 import torch
-from training_test_helpers import REPO, explain, pretrain_args, subprocess_env, write_ds_config
+
+from tests.helpers.ds_config import write_ds_config
+from tests.helpers.training_runs import REPO, explain, pretrain_args, subprocess_env
 
 pytestmark = pytest.mark.slow
 

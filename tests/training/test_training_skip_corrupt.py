@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from training_test_helpers import PRETRAIN, REPO, VOCAB, explain, read_train_log, subprocess_env, write_ds_config
 
 from interbert.data.store.environment_cache import forget_environment
 from interbert.data.store.reader import FeatureStore
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "data"))
-from data_test_helpers import put_raw  # noqa: E402
+from tests.helpers.data import put_raw
+from tests.helpers.ds_config import write_ds_config
+from tests.helpers.train_log import read_train_log
+from tests.helpers.training_runs import PRETRAIN, REPO, VOCAB, explain, subprocess_env
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,9 @@ import sys
 import textwrap
 
 import pytest
-from training_test_helpers import REPO, explain, free_port, pretrain_args, subprocess_env, write_ds_config
+
+from tests.helpers.ds_config import write_ds_config
+from tests.helpers.training_runs import REPO, explain, free_port, pretrain_args, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -89,7 +91,7 @@ SAVE = textwrap.dedent("""
     import json, os, sys
     from pathlib import Path
     import deepspeed, torch
-    from interbert.training import checkpoint
+    from interbert.training import checkpoint, checkpoint_folder
 
     folder = Path(sys.argv[1])
     events = []
@@ -108,10 +110,10 @@ SAVE = textwrap.dedent("""
     for step in (1, 2):
         engine.backward(engine(torch.randn(4, 8)).sum())
         engine.step()
-        path = checkpoint.save(engine, folder, step=step, epoch=0, sampler_state={}, rank=0, precision="fp32")
+        path = checkpoint.save(engine, folder, {"step": step, "epoch": 0, "sampler": {}}, rank=0, precision="fp32")
         if step == 2:  # a crash after the files are written, before the commit: latest stays on step 1
             print(json.dumps({"latest_before_commit": (folder / "latest").read_text()}))
-        checkpoint.commit(folder, step, keep_last=0, rank=0)
+        checkpoint_folder.commit(folder, step, keep_last=0, rank=0)
     files = sorted(str(p) for p in (folder / "global_step2").iterdir())
     print(json.dumps({"events": events, "files": files, "latest": (folder / "latest").read_text()}))
 """)

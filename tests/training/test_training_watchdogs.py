@@ -8,17 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
-from training_test_helpers import (
-    BIN,
-    REPO,
-    free_port,
-    kill_job,
-    pretrain_args,
-    read_train_log,
-    subprocess_env,
-    wait_for,
-    write_ds_config,
-)
+
+from tests.helpers.ds_config import write_ds_config
+from tests.helpers.train_log import read_train_log
+from tests.helpers.training_runs import BIN, REPO, free_port, kill_job, pretrain_args, subprocess_env, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -14,9 +14,10 @@ USER_ERRORS = [
     "interbert.training.ds_config.ConfigError",
     "interbert.training.monitor.MonitorSetupError",
     "interbert.training.precision.PrecisionError",
-    "interbert.training.corpus.CorpusError",
+    "interbert.pretraining.data.CorpusError",
+    "interbert.training.inputs.FeatureSizeError",
     "interbert.training.safe_load.UnsafeCheckpointError",
-    "interbert.training.checkpoint.CheckpointIncomplete",
+    "interbert.training.checkpoint_folder.CheckpointIncomplete",
     "interbert.finetuning.glue.GlueFormatError",
     "interbert.finetuning.settings.SettingsError",
     "interbert.finetuning.vcr.VcrFormatError",
@@ -42,7 +43,8 @@ def test_every_users_mistake_is_a_user_error(name):
 
 
 def test_the_entry_points_report_user_errors_one_way():
-    import interbert.finetune
-    import interbert.pretrain
+    import interbert.finetuning.command
+    import interbert.pretraining.command
 
-    assert interbert.pretrain.UsageError is interbert.finetune.UsageError  # one class, not one per entry point
+    # one class, not one per entry point
+    assert interbert.pretraining.command.UsageError is interbert.finetuning.command.UsageError

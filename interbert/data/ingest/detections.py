@@ -14,6 +14,7 @@ Confidences: ``objects_conf`` if present, else the probability of the stored lab
 """
 from __future__ import annotations
 
+import base64
 import binascii
 import sys
 
@@ -67,7 +68,6 @@ def decode_base64(text, where) -> bytes:
     try:
         if sys.version_info >= (3, 11):
             return binascii.a2b_base64(text, strict_mode=True)
-        import base64
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as error:
         raise ConversionError(f"{place_text(where)}: not valid base64 ({error}); the file is damaged or not of this "

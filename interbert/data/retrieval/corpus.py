@@ -86,3 +86,19 @@ class RetrievalCorpus:
         if len(caption_indices) != len(image_indices):
             raise ValueError(f"{len(caption_indices)} captions but {len(image_indices)} images; pair them one to one")
         return {**self.text_batch(caption_indices), **self.image_batch(image_indices)}
+
+
+def build_retrieval_corpus(features: str, manifests: list[str], vocab: str | None, split: str,
+                           images: int | None, max_text_len: int = 36,
+                           max_regions: int = 36) -> RetrievalCorpus:
+    """The first `images` images of `split` (manifest order) with all their captions, from
+    the first of `manifests` that has that split."""
+    problems = []
+    for manifest in manifests:
+        try:
+            return RetrievalCorpus(features, manifest, vocab_file=vocab, split=split,
+                                   max_images=images, max_regions=max_regions,
+                                   max_text_len=max_text_len)
+        except DatasetError as error:
+            problems.append(str(error))
+    raise DatasetError(f"no retrieval corpus for split {split!r}: " + "; ".join(problems))
