@@ -26,7 +26,7 @@ import torch
 from interbert.errors import UsageError, UserError
 
 if TYPE_CHECKING:
-    from interbert.training.distributed import DistributedEnvironment, JobPlacement, skip_single_rank_allreduce
+    from interbert.training.distributed import DistributedEnvironment, JobPlacement
     from interbert.training.precision import PrecisionChoice
 import shutil
 
