@@ -74,10 +74,12 @@ def build_run_data(*, features: str, captions: list[str], vocab: str | None,
             f"({micro_batch} x {world_size} ranks): use a larger corpus or a smaller "
             "train_micro_batch_size_per_gpu")
     # drop_last: every optimizer step sees full micro-batches on every rank (one is short only
-    # where skip_corrupt dropped a sample).
+    # where skip_corrupt dropped a sample). zero_copy: the loop uses each batch only until it
+    # fetches the next, so the workers' arrays are used where they lie (on CUDA: the batch comes
+    # already copied to the device).
     train = build_loader(train_set, micro_batch, rank=rank, world_size=world_size,
-                                     num_workers=num_workers, seed=seed, shuffle=True,
-                                     drop_last=True)
+                         num_workers=num_workers, seed=seed, shuffle=True,
+                         drop_last=True, zero_copy=True)
     train.worker_init_fn = ignore_stop_signals
     validation = None
     if validation_split:

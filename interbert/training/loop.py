@@ -137,7 +137,8 @@ class TrainingLoop:
     def _micro_step(self, batch: dict, host_sums: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward one micro-batch: (its loss, its sums as one float64 vector with a non-finite flag last)."""
         host_sums["micro_batches"] += 1
-        for name, value in self.objective.host_sums(batch).items():
+        # A batch the loader already copied to the device carries its host arrays: counts are read there.
+        for name, value in self.objective.host_sums(getattr(batch, "host", batch)).items():
             host_sums[name] = host_sums.get(name, 0.0) + value
         measured = self.objective.measure(self.engine, to_device(batch, self.env.device, self.precision.dtype))
         loss = measured["loss"]

@@ -89,13 +89,14 @@ class RegionBatch:
 def pack_regions(records: Sequence, max_regions: int, allocate: Callable = batch_tensor) -> RegionBatch:
     """Pack ``RegionRecord``s into one ``RegionBatch``: at most ``max_regions`` regions per image,
     the most confident first (``select_regions``), features copied once, straight from the
-    records' float16 bytes into the batch array, which ``allocate(shape, dtype)`` provides."""
+    records' float16 bytes into the batch array; ``allocate(shape, dtype)`` provides the arrays
+    (features, locations, mask)."""
     selections = [select_regions(r.confidences, r.num_regions, max_regions) for r in records]
     counts = np.array([r.num_regions if s is None else s.size for r, s in zip(records, selections)], dtype=np.int64)
     b, n = len(records), int(counts.max(initial=0))
     features = allocate((b, n + 1, records[0].features.shape[1]), FEATURE_DTYPE)
-    locations = batch_tensor((b, n + 1, 5), torch.float32)
-    mask = batch_tensor((b, n + 1), torch.bool)
+    locations = allocate((b, n + 1, 5), torch.float32)
+    mask = allocate((b, n + 1), torch.bool)
     boxes = np.zeros((b, n, 4), dtype=np.float32)
     labels = np.full((b, n), -1, dtype=np.int64)
     size = np.empty((b, 2), dtype=np.float32)

@@ -22,7 +22,7 @@ import torch
 
 from interbert.batch_contract import BATCH_KEYS, IGNORE_INDEX, ITM_MATCHED, PAD_ID, POSITION_KEYS, loss_positions
 from interbert.data.dataset_error import DatasetError
-from interbert.data.loading.batch_ring import ALIGNMENT, BatchRing
+from interbert.data.loading.batch_ring import BatchRing, slot_bytes_for
 from interbert.data.loading.regions import batch_tensor, fill_global_token, pack_regions
 from interbert.data.pretraining.caption_pairs import read_caption_pairs
 from interbert.data.pretraining.itm import CaptionsByImage, draw_itm_captions
@@ -44,8 +44,9 @@ def _as_list(paths) -> list:
 
 
 def _allocate(ring: BatchRing | None, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
-    """A batch's large array: in the worker's ring slot when there is one and it fits, else a
-    tensor of its own (``batch_tensor``)."""
+    """A batch's region array: in the worker's ring slot when there is one and it fits, else a
+    tensor of its own (``batch_tensor``). The batch's other arrays are copied into the slot when
+    it is sealed."""
     if ring is not None and ring.fits(shape, dtype):
         return ring.tensor(shape, dtype)
     return batch_tensor(shape, dtype)
@@ -206,13 +207,26 @@ class PretrainingDataset(torch.utils.data.Dataset):
         batch = {key: batch[key] for key in BATCH_KEYS if key in batch}
         return batch if ring is None else ring.seal(batch), [image_id for _, image_id in corrupt], None
 
+    def batch_arrays(self, batch_size: int) -> dict:
+        """Every array a batch of ``batch_size`` samples can carry: key → (its largest shape, dtype).
+        Text is at most ``max_text_len`` long, regions ``max_regions + 1``; a position list at
+        most one entry per label."""
+        b, t, r = batch_size, self.max_text_len, self.max_regions + 1
+        text, regions = (b, t), (b, r)
+        arrays = {"input_ids": (text, torch.int64), "token_type_ids": (text, torch.int64),
+                  "text_mask": (text, torch.bool),
+                  "region_features": (regions + (self.store.metadata.feature_size,), torch.float16),
+                  "region_locations": (regions + (5,), torch.float32), "region_mask": (regions, torch.bool),
+                  "msm_labels": (text, torch.int64), "mrm_labels": (regions, torch.int64),
+                  "itm_labels": ((b,), torch.int64),
+                  "msm_positions": ((b * t,), torch.int64), "mrm_positions": ((b * r,), torch.int64)}
+        if self.tasks.mrm_soft_labels:
+            arrays["mrm_soft_labels"] = (regions + (self.store.metadata.num_classes,), torch.float16)
+        return arrays
+
     def batch_bytes(self, batch_size: int) -> int:
-        """The most bytes of large arrays (region features, soft labels) one batch can carry: the
-        size of a ``BatchRing`` slot."""
-        rows = batch_size * (self.max_regions + 1) * 2  # float16
-        columns = self.store.metadata.feature_size + (self.store.metadata.num_classes if self.tasks.mrm_soft_labels
-                                                      else 0)
-        return rows * columns + 2 * ALIGNMENT
+        """The most bytes one batch can carry, every array aligned: the size of a ``BatchRing`` slot."""
+        return slot_bytes_for(self.batch_arrays(batch_size))
 
     def _decode(self, indices: np.ndarray, ids: list, views: list) -> tuple:
         """The records of the samples' images, and ``(row, image id)`` of the samples dropped as
