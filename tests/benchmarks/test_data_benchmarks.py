@@ -46,5 +46,10 @@ def test_dataloader_benchmark_prints_the_floor_beside_each_worker_count(tmp_path
     assert figures["images"] == 40 and figures["regions_per_image"] == 36
     assert set(figures["samples_per_s"]) == {"0", "1"} and figures["read_floor_samples_per_s"] > 0
     assert set(figures["feature_handoff_ms"]) == {"private", "shared"}
+    # the training side's data time per batch and each rate against the in-process one, in the same run
+    data_ms = figures["data_ms_per_batch"]
+    assert set(data_ms) == {"0", "1"} and all(ms > 0 for ms in data_ms.values())
+    assert figures["rate_vs_in_process"]["0"] == 1.0 and figures["rate_vs_in_process"]["1"] > 0
+    assert figures["simulated_step_ms"] > 0
     printed = capsys.readouterr().out
-    assert "bare read floor" in printed and "| 1 |" in printed
+    assert "bare read floor" in printed and "| 1 |" in printed and "of the in-process rate" in printed
