@@ -38,7 +38,12 @@ from interbert.modeling.flops import batch_flops, sample_flops  # noqa: E402
 from interbert.modeling.layer_norm import layer_norm_implementation  # noqa: E402
 from interbert.modeling.parameters import count_parameters  # noqa: E402
 from interbert.training.distributed import skip_single_rank_allreduce  # noqa: E402
-from interbert.training.optimizer import adapt_to_device, describe_optimizer, parameter_groups  # noqa: E402
+from interbert.training.optimizer import (  # noqa: E402
+    adapt_to_device,
+    describe_optimizer,
+    parameter_groups,
+    torch_fuses_on_cpu,
+)
 from interbert.training.peaks import device_peak, measured_matmul_peak  # noqa: E402
 from interbert.training.precision import resolve_precision  # noqa: E402
 
@@ -216,7 +221,9 @@ def ours_plain(config, ds_config_path, precision_name, device, accumulation=1) -
 
         optimizer, name = FusedAdam(groups, adam_w_mode=True, **hyper), "DeepSpeed FusedAdam (AdamW mode)"
     else:
-        optimizer, name = torch.optim.AdamW(groups, **hyper), "torch.optim.AdamW"
+        fused = torch_fuses_on_cpu()  # what DeepSpeed builds for AdamW on a CPU (training/optimizer.py)
+        optimizer = torch.optim.AdamW(groups, fused=fused, **hyper)
+        name = "torch.optim.AdamW(fused=True)" if fused else "torch.optim.AdamW"
     return PlainTorch(OURS_PLAIN, module, optimizer, name, precision_name, device, accumulation)
 
 
@@ -617,7 +624,9 @@ def main(argv=None) -> int:
             print(f"{len(regressions)} ratio(s) fell by more than 15%: {', '.join(regressions)}")
             status = 1
     if args.write_baseline:
-        write_baseline(args.write_baseline, named, report["environment"],
+        machine = {key: value.replace(f"{REPO}/", "") if isinstance(value, str) else value  # paths in the repo
+                   for key, value in report["environment"].items()}
+        write_baseline(args.write_baseline, named, machine,
                        "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv))
         print(f"wrote the baseline {args.write_baseline}")
     if args.plot:
