@@ -78,14 +78,16 @@ def test_compare_flags_a_ratio_that_fell_by_more_than_15_percent():
     assert compare({"a": 2.5, "b": 1.0}, recorded)[1] == []
 
 
-def test_compare_with_a_file_that_is_no_baseline_is_one_line_and_status_2(tmp_path):
+def test_compare_with_a_file_that_is_no_baseline_is_one_line_and_status_2(tmp_path, capsys):
+    from throughput import parse_args
+
     bad = tmp_path / "b.json"
     bad.write_text("{}")
-    finished = subprocess.run([sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--compare", str(bad)],
-                              capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert finished.returncode == 2
-    assert finished.stderr.strip().splitlines()[-1] == (
-        f'throughput.py: error: --compare {bad}: no "ratios" object: write one with --write-baseline')
+    with pytest.raises(SystemExit) as stopped:
+        parse_args(["--compare", str(bad)])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        f'error: --compare {bad}: no "ratios" object: write one with --write-baseline')
 
 
 def test_the_environment_names_precision_ops_and_peak(report):

@@ -1,4 +1,4 @@
-"""The SKU peak table of interbert/training/flops.py: each device name torch reports maps to its
+"""The SKU peak table of interbert/training/peaks.py: each device name torch reports maps to its
 part's dense vendor peak per format; a name or format the table lacks is measured, and says so."""
 import pytest
 import torch
