@@ -12,12 +12,11 @@ corpus size); the main process only writes. With one worker everything runs in-p
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
-import signal
 import sys
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable
+from contextlib import closing
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
@@ -25,6 +24,7 @@ from typing import Callable
 from tqdm import tqdm
 
 from interbert.data.ingest.detections import ConversionError
+from interbert.data.ingest.ordered_workers import results_in_order
 from interbert.data.store.errors import FeatureStoreError
 from interbert.data.store.metadata import DEFAULT_FEATURE_SIZE, DEFAULT_NUM_CLASSES, StoreMetadata
 from interbert.data.store.record_checks import record_problems
@@ -108,26 +108,10 @@ def process_unit(parse: Callable, metadata: StoreMetadata, box_tolerance: float,
             else _check_and_encode(image, metadata, box_tolerance) for image in images]
 
 
-def _worker_signals() -> None:
-    """Workers leave Ctrl-C to the main process (which stops the pool) and die on SIGTERM."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
 def _results_in_order(worker: Callable, units: Iterable, workers: int):
     if workers <= 1:
-        for unit in units:
-            yield worker(unit)
-        return
-    method = "fork" if sys.platform.startswith("linux") else "spawn"
-    with multiprocessing.get_context(method).Pool(workers, initializer=_worker_signals) as pool:
-        pending: deque = deque()
-        for unit in units:
-            pending.append(pool.apply_async(worker, (unit,)))
-            if len(pending) >= workers * UNITS_IN_FLIGHT_PER_WORKER:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+        return (worker(unit) for unit in units)
+    return results_in_order(worker, units, workers, UNITS_IN_FLIGHT_PER_WORKER)
 
 
 def run_conversion(units: Iterable, parse: Callable, options: ConversionOptions, created_by: str,
@@ -148,18 +132,19 @@ def run_conversion(units: Iterable, parse: Callable, options: ConversionOptions,
                                 created_by=created_by, strict=options.strict, overwrite=options.overwrite,
                                 box_tolerance=options.box_tolerance, shards=options.shards) as writer:
             worker = partial(process_unit, parse, writer.metadata, options.box_tolerance)
-            results = _results_in_order(worker, units, options.workers)
-            for entries in tqdm(results, total=total, desc=desc, unit=unit_name, mininterval=1.0):
-                for entry in entries:
-                    if entry[0] == "unreadable":
-                        if not options.skip_unreadable:
-                            raise ConversionError(f"{entry[1]} (--skip-unreadable counts such records and "
-                                                  "goes on)")
-                        writer.skip("unreadable record", entry[1])
-                        continue
-                    where, image_id, data, num_regions, has_class_probs, problems, texts = entry
-                    if writer.add_encoded(image_id, data, num_regions, has_class_probs, problems, where):
-                        captions.extend((image_id, text) for text in texts)
+            # closed on the way out, whatever ends the loop: the workers stop before the store is removed
+            with closing(_results_in_order(worker, units, options.workers)) as results:
+                for entries in tqdm(results, total=total, desc=desc, unit=unit_name, mininterval=1.0):
+                    for entry in entries:
+                        if entry[0] == "unreadable":
+                            if not options.skip_unreadable:
+                                raise ConversionError(f"{entry[1]} (--skip-unreadable counts such records and "
+                                                      "goes on)")
+                            writer.skip("unreadable record", entry[1])
+                            continue
+                        where, image_id, data, num_regions, has_class_probs, problems, texts = entry
+                        if writer.add_encoded(image_id, data, num_regions, has_class_probs, problems, where):
+                            captions.extend((image_id, text) for text in texts)
     except FeatureStoreError as error:
         raise ConversionError(str(error)) from None
     return ConversionResult(writer.metadata, writer.skipped, writer.skip_examples, captions)
