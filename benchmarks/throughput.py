@@ -291,6 +291,7 @@ def measure(system, batches, config, micro, args, device, peak) -> dict:
         raise RuntimeError(f"{system.name}: {optimizer_steps} optimizer steps in {args.steps} windows")
     elapsed = sum(timings.values())
     achieved = flops / elapsed
+    share, top_ops = profile_step(system, batches, device, accumulation, args.profile_top)
     floor = flops / peak.flops_per_second  # the step's FLOPs at the measured matmul peak
     result = {
         "system": system.name,
@@ -307,7 +308,8 @@ def measure(system, batches, config, micro, args, device, peak) -> dict:
         # the bare work: the step's FLOPs at the peak of this run, and the share of a profiled step
         # that its matmul-family ops take (matmul_ops: mm, addmm, bmm, baddbmm, fused attention)
         "matmul_floor_ms_per_step": 1000 * floor / args.steps,
-        "outside_matmul_share": 1 - matmul_share(system, batches, device, accumulation),
+        "outside_matmul_share": 1 - share,
+        "top_ops": top_ops,
         "activation_bytes": meter.bytes,
         "model_state_bytes": states,
         "optimizer": system.optimizer_name,
@@ -327,9 +329,10 @@ MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm",
               "aten::_scaled_dot_product_efficient_attention", "aten::_scaled_dot_product_cudnn_attention")
 
 
-def matmul_share(system, batches, device, accumulation) -> float:
-    """The share of one profiled optimizer step's wall time spent in matmul-family ops (their own time:
-    on a CPU the ops' self time, on CUDA their kernels' device time)."""
+def profile_step(system, batches, device, accumulation, top: int = 0) -> tuple[float, list]:
+    """One profiled optimizer step: the share of its wall time spent in matmul-family ops (their own
+    time: on a CPU the ops' self time, on CUDA their kernels' device time), and its `top` ops by that
+    time as (name, ms, calls, share of the step)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -338,8 +341,22 @@ def matmul_share(system, batches, device, accumulation) -> float:
         _window(system, batches, device, accumulation)
         wall = time.perf_counter() - started
     field = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    in_matmuls = sum(getattr(event, field) for event in profiled.key_averages() if event.key in MATMUL_OPS)
-    return min(in_matmuls / 1e6 / wall, 1.0)
+    events = profiled.key_averages()
+    in_matmuls = sum(getattr(event, field) for event in events if event.key in MATMUL_OPS)
+    ranked = sorted(events, key=lambda event: -getattr(event, field))[:top]
+    ops = [(event.key, getattr(event, field) / 1e3, event.count, getattr(event, field) / 1e6 / wall)
+           for event in ranked]
+    return min(in_matmuls / 1e6 / wall, 1.0), ops
+
+
+def print_top_ops(results):
+    """Each system's profiled step, op by op (--profile-top)."""
+    for r in results:
+        if not r["top_ops"]:
+            continue
+        print(f"\n{r['system']}, micro-batch {r['micro_batch']}: top ops of one profiled step (self time)")
+        for name, ms, calls, share in r["top_ops"]:
+            print(f"  {name:<48}{ms:>10.1f} ms{calls:>7} calls{100 * share:>6.1f}%")
 
 
 # ---------------------------------------------------------------------------- report
@@ -496,6 +513,8 @@ def parse_args(argv=None):
                    help="compare this run's ratios with a recorded baseline; exit status 1 when any fell by "
                         "more than 15%%")
     p.add_argument("--plot", help="write a PNG of samples/s and memory against micro-batch")
+    p.add_argument("--profile-top", type=int, default=0, metavar="N",
+                   help="print each system's N most costly ops in its profiled step (torch.profiler self time)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -568,6 +587,7 @@ def main(argv=None) -> int:
     print(f"(ms are per optimizer step: summed over its {args.grad_accum} micro-batch(es); floor: the step's "
           "FLOPs at this run's matmul peak; no-mm: the share of a profiled step outside matmul-family ops; "
           "activations are one micro-batch's)")
+    print_top_ops(results)
     ratio_rows = ratios(results)
     for row in ratio_rows:
         print(f"{row['system']} / {BASELINE} at micro-batch {row['micro_batch']} × accumulation "

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -176,9 +177,12 @@ class Heartbeat:
     def _end(self, other: int, silent: float, who: str) -> None:
         if self._stopped.is_set():
             return
+        killed = _kill_if_here(who)
         self._exit(f"[watchdog] rank {self.rank}: rank {other} ({who}) has not answered for {silent:.0f} s "
                    "(stopped, hung or its node lost; --rank-timeout sets the limit): ending this rank so the job "
-                   "does not hang", f"rank {other} ({who})")
+                   "does not hang" + (f"; rank {other} runs on this machine and was ended too (SIGKILL: a stopped "
+                                      "or hung process answers nothing else), so the launcher ends the job at once"
+                                      if killed else ""), f"rank {other} ({who})")
 
     def _exit(self, message: str, named: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -190,3 +194,18 @@ class Heartbeat:
             if f"rank {other} ({host} " in named:
                 remove_cpu_allreduce_buffer(other)
         os._exit(EXIT_SILENT_RANK)
+
+
+def _kill_if_here(who: str) -> bool:
+    """SIGKILL the silent rank named by `who` ("HOST pid N", as its heartbeat registered it) when it runs
+    on this machine: stopped (SIGSTOP) or hung in native code it handles no SIGTERM, and DeepSpeed's
+    launcher would wait 30 s on it before ending the job."""
+    here = f"{host_label()} pid "
+    if not who.startswith(here) or not who[len(here):].isdigit():
+        return False
+    try:
+        os.kill(int(who[len(here):]), signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+

@@ -25,7 +25,7 @@ def report(tmp_path_factory):
     command = [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--preset", "tiny",
                "--micro-batches", "1,2", "--warmup", "1", "--steps", "2", "--regions", "12",
                "--text-tokens", "10", "--json", str(out / "t.json"), "--plot", str(out / "t.png"),
-               "--write-baseline", str(out / "baseline.json")]
+               "--write-baseline", str(out / "baseline.json"), "--profile-top", "5"]
     # a clean world of one: no rank or rendezvous left in the environment by other tests
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
@@ -56,6 +56,15 @@ def test_every_figure_has_its_matmul_floor_and_the_share_outside_matmuls(report)
         assert row["matmul_floor_ms_per_step"] == pytest.approx(1000 * step_flops / peak, rel=1e-6)
         assert 0 <= row["outside_matmul_share"] < 1  # a profiled step spends some time in matmuls
     assert "floor ms" in stdout and "no-mm %" in stdout
+
+
+def test_profile_top_names_each_systems_costliest_ops(report):
+    data, stdout, _ = report
+    for row in data["results"]:
+        assert len(row["top_ops"]) == 5
+        times = [ms for _, ms, _, _ in row["top_ops"]]
+        assert times == sorted(times, reverse=True) and times[0] > 0
+    assert "interbert-ds, micro-batch 2: top ops of one profiled step (self time)" in stdout
 
 
 def test_the_recorded_baseline_holds_the_ratios_and_the_machine(report):

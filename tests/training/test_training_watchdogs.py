@@ -85,6 +85,8 @@ def test_a_stopped_rank_ends_the_job_with_its_name(corpus, tmp_path):
     text = (tmp_path / "job.log").read_text()
     assert process.returncode != 0
     assert f"rank 1 ({os.uname().nodename} pid {stopped}) has not answered for" in text, text[-3000:]
-    assert took < 90
+    assert "rank 1 runs on this machine and was ended too (SIGKILL" in text
+    # the rank timeout (5 s) and a beat, not DeepSpeed's launcher's 30 s wait on a process that ignores SIGTERM
+    assert took < 25
     port = process.args[process.args.index("--master_port") + 1]
     assert list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1_{port}_*")) == []

@@ -6,6 +6,7 @@ pre-tokenisation: whitespace and punctuation split words), which masked segment 
 """
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import inspect
 import os
@@ -55,12 +56,20 @@ def find_vocab(vocab: str | None, directories: dict) -> str:
 
 
 def load_tokenizer(vocab_file: str | os.PathLike | None = None):
-    """A ``BertTokenizerFast`` over ``vocab_file`` (lower-casing, as bert-base-uncased)."""
-    from transformers import BertTokenizerFast  # type: ignore[attr-defined]  # exported lazily, unseen by mypy
-
+    """A ``BertTokenizerFast`` over ``vocab_file`` (lower-casing, as bert-base-uncased). Built once per
+    file (and its size and modification time) in a process: a run's datasets share it, and building
+    one from a vocab.txt takes most of a second."""
     vocab_file = str(vocab_file or default_vocab_file())
     if not os.path.isfile(vocab_file):
         raise FileNotFoundError(f"vocab file {vocab_file} does not exist; pass the bert-base-uncased vocab.txt")
+    stat = os.stat(vocab_file)
+    return _build_tokenizer(os.path.realpath(vocab_file), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _build_tokenizer(vocab_file: str, size: int, modified_ns: int):
+    from transformers import BertTokenizerFast  # type: ignore[attr-defined]  # exported lazily, unseen by mypy
+
     # transformers >= 5 names the argument `vocab`; 4.x calls it `vocab_file`.
     if "vocab" in inspect.signature(BertTokenizerFast.__init__).parameters:
         return BertTokenizerFast(vocab=vocab_file, do_lower_case=True)
