@@ -124,7 +124,10 @@ case "$cmd" in
         echo "[run.sh] ruff check and mypy"
         "$PY" -m ruff check .
         "$PY" -m mypy
-        exec "$PY" -m pytest "$@"
+        # Two test files at a time (pytest-xdist; a file's tests stay in one process, so its fixtures are
+        # built once): the launcher tests spend much of their time starting processes and waiting.
+        # INTERBERT_TEST_WORKERS=0 runs them in this process, one by one.
+        exec "$PY" -m pytest -n "${INTERBERT_TEST_WORKERS:-2}" --dist loadfile --durations=25 "$@"
         ;;
     main)
         [ $# -gt 0 ] && shift
