@@ -57,3 +57,10 @@ def tiny_model():
 
     torch.manual_seed(0)
     return InterBertForPretraining(InterBertConfig.from_preset("tiny")).eval()
+
+
+def pytest_collection_modifyitems(config, items):
+    """The files whose tests start the real launcher, mpirun or several hosts (marked slow) first, each
+    file's tests in their order: `./run.sh test` hands whole files to two pytest-xdist workers in this
+    order, and the long files first leave only short ones to balance the workers at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

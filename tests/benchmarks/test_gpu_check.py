@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # real runs of the entry points or the benchmark scripts
 TOY = {"GPU_CHECK_ALLOW_CPU": "1", "PRESET": "tiny", "MICRO": "1,2", "STEPS": "1", "IMAGES": "200",
        "RETRIEVAL_IMAGES": "4"}
 

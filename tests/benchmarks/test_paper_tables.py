@@ -10,6 +10,7 @@ import pytest
 from interbert.data.ingest.synth import OBJECT_WORDS
 
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # real runs of the entry points or the benchmark scripts
 
 TOY = ["--seeds", "1", "--images", "16", "--test-images", "4", "--pretrain-steps", "2", "--pretrain-batch", "4",
        "--finetune-steps", "2", "--finetune-batch", "2", "--pool-size", "2", "--refresh-every", "1"]

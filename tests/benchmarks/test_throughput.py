@@ -14,6 +14,7 @@ from interbert.config import InterBertConfig
 from interbert.modeling.flops import sample_flops
 
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # real runs of the entry points or the benchmark scripts
 
 RESULT_FIGURES = ("samples_per_s", "tokens_per_s", "ms_per_step", "tflops", "mfu",
                   "activation_bytes", "model_state_bytes", "memory_bytes", "optimizer")

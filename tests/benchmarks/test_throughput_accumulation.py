@@ -11,6 +11,7 @@ import torch
 from throughput import PlainTorch, parse_args
 
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # real runs of the entry points or the benchmark scripts
 BENCHMARK_CONFIG = REPO / "ds_configs" / "benchmark_cpu_bf16.json"
 
 
