@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterable, Iterator
-from typing import Callable
+from typing import Callable, NoReturn
 
 from interbert.data.ingest.detections import ConversionError
 
@@ -87,7 +87,10 @@ def results_in_order(work: Callable, units: Iterable, workers: int, in_flight_pe
                 except StopIteration:
                     exhausted = True
                     break
-                connections[sent % workers].send(unit)
+                try:
+                    connections[sent % workers].send(unit)
+                except OSError:  # its end closed: the worker is gone
+                    _lost(processes, sent % workers)
                 sent += 1
             if received == sent:
                 return
@@ -95,11 +98,7 @@ def results_in_order(work: Callable, units: Iterable, workers: int, in_flight_pe
             try:
                 kind, payload = connections[index].recv()
             except (EOFError, OSError):
-                processes[index].join(timeout=5)
-                raise ConversionError(f"conversion worker {index + 1} of {workers} (pid {processes[index].pid}) "
-                                      f"ended without its result (exit code {processes[index].exitcode}); "
-                                      "was it killed, or out of memory? Run again, with fewer --workers if "
-                                      "memory is short") from None
+                _lost(processes, index)
             received += 1
             if kind == "raised":
                 raise payload
@@ -112,3 +111,12 @@ def results_in_order(work: Callable, units: Iterable, workers: int, in_flight_pe
             process.join()
         for connection in connections:
             connection.close()
+
+
+def _lost(processes: list, index: int) -> NoReturn:
+    """Raise the one line for worker `index`, which went away (killed, out of memory) with work given to it."""
+    process = processes[index]
+    process.join(timeout=5)
+    raise ConversionError(f"conversion worker {index + 1} of {len(processes)} (pid {process.pid}) ended without its "
+                          f"result (exit code {process.exitcode}); was it killed, or out of memory? Run again, with "
+                          "fewer --workers if memory is short")
