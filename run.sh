@@ -34,6 +34,11 @@ system_packages() {
 }
 
 setup() {
+    install
+    build_ops
+}
+
+install() {
     if [ ! -x "$PY" ]; then
         echo "[run.sh] creating the virtual environment in $VENV"
         python3 -m venv "$VENV"
@@ -46,6 +51,9 @@ setup() {
         touch "$stamp"
     fi
     export PATH="$PWD/$VENV/bin:$PATH"
+}
+
+build_ops() {
     # DeepSpeed's compiled ops that CPU runs use, built now so that no run compiles (or waits on a
     # build lock a killed start left behind). With the PATH the runs have: another ninja rebuilds.
     DS_ACCELERATOR=${DS_ACCELERATOR:-cpu} "$PY" -m interbert.training.extensions
@@ -115,15 +123,19 @@ case "$cmd" in
     setup) setup ;;
     test)
         shift
-        setup
+        install
+        # The ops compile while the system packages, ruff and mypy run; the tests start once they are built.
+        build_ops &
+        building=$!
         system_packages
-        # The suite runs on the CPU, also on a machine with a GPU (the GPU figures come from
-        # benchmarks/gpu_check.sh, never from tests).
-        export DS_ACCELERATOR=cpu CUDA_VISIBLE_DEVICES=""
         # Lint and type checks first (configured in pyproject.toml): any finding fails the run.
         echo "[run.sh] ruff check and mypy"
         "$PY" -m ruff check .
         "$PY" -m mypy
+        wait "$building"
+        # The suite runs on the CPU, also on a machine with a GPU (the GPU figures come from
+        # benchmarks/gpu_check.sh, never from tests).
+        export DS_ACCELERATOR=cpu CUDA_VISIBLE_DEVICES=""
         # Two test files at a time (pytest-xdist; a file's tests stay in one process, so its fixtures are
         # built once): the launcher tests spend much of their time starting processes and waiting.
         # INTERBERT_TEST_WORKERS=0 runs them in this process, one by one.
