@@ -123,6 +123,7 @@ class Heartbeat:
         try:
             store = self._store()
             store.set(f"{self.prefix}/who/{self.rank}", f"{host_label()} pid {os.getpid()}")
+            store.set(f"{self.prefix}/process/{self.rank}", _process_identity(os.getpid()))
         except Exception as error:  # noqa: BLE001 - a store we cannot reach: the job's own checks report it
             print(f"[watchdog] rank {self.rank}: no heartbeat ({error.__class__.__name__}: {error})", flush=True)
             return
@@ -138,7 +139,7 @@ class Heartbeat:
                     if value != last:
                         seen[other] = (value, now)
                     elif now - since > self.timeout:
-                        self._end(other, now - since, self._who(store, other))
+                        self._end(other, now - since, self._who(store, other), store)
             except Exception:  # noqa: BLE001 - the store's server lives in rank 0's process
                 if self._stopped.is_set():
                     return
@@ -174,15 +175,32 @@ class Heartbeat:
         except Exception:  # noqa: BLE001
             return "unknown host"
 
-    def _end(self, other: int, silent: float, who: str) -> None:
+    def _end(self, other: int, silent: float, who: str, store=None) -> None:
         if self._stopped.is_set():
             return
-        killed = _kill_if_here(who)
+        killed = store is not None and self._kill_if_here(store, other)
         self._exit(f"[watchdog] rank {self.rank}: rank {other} ({who}) has not answered for {silent:.0f} s "
                    "(stopped, hung or its node lost; --rank-timeout sets the limit): ending this rank so the job "
                    "does not hang" + (f"; rank {other} runs on this machine and was ended too (SIGKILL: a stopped "
                                       "or hung process answers nothing else), so the launcher ends the job at once"
                                       if killed else ""), f"rank {other} ({who})")
+
+    def _kill_if_here(self, store, other: int) -> bool:
+        """SIGKILL the silent rank `other` when it is a process of this machine (its registered boot id, pid
+        and start time match a live process here): stopped (SIGSTOP) or hung in native code it handles no
+        SIGTERM, and DeepSpeed's launcher would wait 30 s on it before ending the job."""
+        try:
+            registered = store.get(f"{self.prefix}/process/{other}").decode()
+        except Exception:  # noqa: BLE001 - no identity: leave the rank to its launcher
+            return False
+        parts = registered.split()
+        if len(parts) != 3 or not parts[1].isdigit() or _process_identity(int(parts[1])) != registered:
+            return False
+        try:
+            os.kill(int(parts[1]), signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
 
     def _exit(self, message: str, named: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -196,16 +214,12 @@ class Heartbeat:
         os._exit(EXIT_SILENT_RANK)
 
 
-def _kill_if_here(who: str) -> bool:
-    """SIGKILL the silent rank named by `who` ("HOST pid N", as its heartbeat registered it) when it runs
-    on this machine: stopped (SIGSTOP) or hung in native code it handles no SIGTERM, and DeepSpeed's
-    launcher would wait 30 s on it before ending the job."""
-    here = f"{host_label()} pid "
-    if not who.startswith(here) or not who[len(here):].isdigit():
-        return False
+def _process_identity(pid: int) -> str:
+    """This machine's boot id, the pid and its start time: equal only for the same process on the same
+    machine (a host name can repeat across machines, and a pid across containers)."""
     try:
-        os.kill(int(who[len(here):]), signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+    stat = _stat(pid)
+    return f"{boot} {pid} {stat[1]}" if stat else ""
