@@ -38,6 +38,7 @@ from interbert.modeling.flops import batch_flops, sample_flops  # noqa: E402
 from interbert.modeling.layer_norm import layer_norm_implementation  # noqa: E402
 from interbert.modeling.parameters import count_parameters  # noqa: E402
 from interbert.training.distributed import skip_single_rank_allreduce  # noqa: E402
+from interbert.training.hp_grads import write_first_gradients  # noqa: E402
 from interbert.training.optimizer import (  # noqa: E402
     adapt_to_device,
     describe_optimizer,
@@ -113,7 +114,7 @@ class Ours:
     name = "interbert-ds"
 
     def __init__(self, config, ds_config_path, micro, precision, device, accumulation=1,
-                 single_rank_allreduce="skip"):
+                 single_rank_allreduce="skip", first_write=True):
         import deepspeed
 
         ds_config = json.loads(Path(ds_config_path).read_text())
@@ -131,6 +132,7 @@ class Ours:
         self.module = self.engine.module
         self.wrapper = type(self.engine.optimizer).__name__
         self.allreduce_skipped = single_rank_allreduce == "skip" and skip_single_rank_allreduce(self.engine)
+        self.first_write_gradients = first_write and write_first_gradients(self.engine)
 
     def forward(self, batch):
         return self.engine(**batch).loss

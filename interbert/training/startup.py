@@ -42,6 +42,7 @@ from interbert.training.ds_config import scheduler_total_steps
 from interbert.training.extensions import check_build_locks
 from interbert.training.guard import GuardSettings
 from interbert.training.hosts import check_launch_host
+from interbert.training.hp_grads import write_first_gradients
 from interbert.training.monitor import Monitor
 from interbert.training.optimizer import adapt_to_device, describe_optimizer, parameter_groups
 from interbert.training.precision import PRECISIONS, resolve_precision
@@ -272,6 +273,9 @@ def build_engine(job: Job, model):
     if skip_single_rank_allreduce(engine):
         job.say("gradients: one data-parallel rank, so the engine's all-reduce (a copy of the flat fp32 "
                 "gradients over a world of one) is skipped")
+    if write_first_gradients(engine):
+        job.say("gradients: BF16_Optimizer's fp32 buffer is written by each window's first gradient "
+                "(no zeroing and adding per step)")
     return engine, optimizer
 
 

@@ -114,6 +114,7 @@ SKIP_CHECK = textwrap.dedent("""
         ours = T.Ours(config, sys.argv[1], 2, "auto", device, accumulation=2, single_rank_allreduce=mode)
         initial = {k: v.float().clone() for k, v in ours.module.state_dict().items()}
         assert ours.allreduce_skipped == (mode == "skip"), mode
+        assert ours.first_write_gradients, "BF16_Optimizer's gradients are written first, as every run does"
         for index, batch in enumerate(batches):
             ours.backward(ours.forward(batch))
             ours.step(boundary=index % 2 == 1)
@@ -126,7 +127,7 @@ SKIP_CHECK = textwrap.dedent("""
     # DeepSpeedZeroOptimizer (the paper's config) needs its reduction: the switch leaves it alone
     zero = T.Ours(config, sys.argv[2], 2, "auto", device, accumulation=2, single_rank_allreduce="skip")
     assert zero.wrapper == "DeepSpeedZeroOptimizer" and not zero.allreduce_skipped
-    assert zero.engine.enable_backward_allreduce
+    assert zero.engine.enable_backward_allreduce and not zero.first_write_gradients
     for index, batch in enumerate(batches):
         zero.backward(zero.forward(batch))
         zero.step(boundary=index % 2 == 1)
