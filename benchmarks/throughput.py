@@ -133,6 +133,8 @@ class Ours:
         self.wrapper = type(self.engine.optimizer).__name__
         self.allreduce_skipped = single_rank_allreduce == "skip" and skip_single_rank_allreduce(self.engine)
         self.first_write_gradients = first_write and write_first_gradients(self.engine)
+        if not first_write:
+            self.name = AS_SHIPPED
 
     def forward(self, batch):
         return self.engine(**batch).loss
@@ -197,6 +199,7 @@ class PlainTorch:
 
 BASELINE = "hf-eager"
 OURS_PLAIN = "interbert-plain"
+AS_SHIPPED = "interbert-ds-as-shipped"  # the engine with BF16_Optimizer's gradient bookkeeping as DeepSpeed ships it
 
 
 def hf_eager(config, precision_name, device, accumulation=1) -> PlainTorch:
@@ -270,31 +273,48 @@ def _window(system, batches, device, accumulation, timings=None, meter=None):
 
 
 def measure(system, batches, config, micro, args, device, peak) -> dict:
-    """Warm-up windows, one memory-metered window, then `args.steps` timed optimizer steps,
-    each of `args.grad_accum` micro-batches (the same accumulation for every system)."""
+    return measure_together([(system, batches)], config, micro, args, device, peak)[0]
+
+
+def measure_together(systems, config, micro, args, device, peak) -> list[dict]:
+    """For each (system, batches): warm-up windows, one memory-metered window, then `args.steps`
+    timed optimizer steps, each of `args.grad_accum` micro-batches (the same accumulation for every
+    system), and one profiled step. The timed steps alternate between the systems, one window each in
+    turn, so that a drift of the machine's speed during the run weighs on every system alike."""
     accumulation = args.grad_accum
-    for _ in range(args.warmup):
-        _window(system, batches, device, accumulation)
-    # memory: saved-for-backward bytes of one micro-batch and model states, in a window of its own
-    meter = SavedTensorMeter()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    _, _, states = _window(system, batches, device, accumulation, meter=meter)
-    timings = {"data": 0.0, "forward": 0.0, "backward": 0.0, "step": 0.0}
-    flops, tokens = 0.0, 0
-    steps_before = system.optimizer_steps
+    prepared = []
+    for system, batches in systems:
+        for _ in range(args.warmup):
+            _window(system, batches, device, accumulation)
+        # memory: saved-for-backward bytes of one micro-batch and model states, in a window of its own
+        meter = SavedTensorMeter()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        _, _, states = _window(system, batches, device, accumulation, meter=meter)
+        peak_bytes = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+        prepared.append({"meter": meter, "states": states, "cuda_peak": peak_bytes, "flops": 0.0, "tokens": 0,
+                         "steps_before": system.optimizer_steps, "loss": None,
+                         "timings": {"data": 0.0, "forward": 0.0, "backward": 0.0, "step": 0.0}})
     for _ in range(args.steps):
-        seen, loss, _ = _window(system, batches, device, accumulation, timings)
-        for batch in seen:
-            flops += batch_flops(config, batch).total
-            tokens += int(batch["text_mask"].sum() + batch["region_mask"].sum())
-    optimizer_steps = system.optimizer_steps - steps_before
+        for (system, batches), run in zip(systems, prepared):
+            seen, run["loss"], _ = _window(system, batches, device, accumulation, run["timings"])
+            for batch in seen:
+                run["flops"] += batch_flops(config, batch).total
+                run["tokens"] += int(batch["text_mask"].sum() + batch["region_mask"].sum())
+    return [_result(system, batches, run, micro, args, device, peak)
+            for (system, batches), run in zip(systems, prepared)]
+
+
+def _result(system, batches, run, micro, args, device, peak) -> dict:
+    accumulation, timings = args.grad_accum, run["timings"]
+    optimizer_steps = system.optimizer_steps - run["steps_before"]
     if optimizer_steps != args.steps:
         raise RuntimeError(f"{system.name}: {optimizer_steps} optimizer steps in {args.steps} windows")
     elapsed = sum(timings.values())
-    achieved = flops / elapsed
+    achieved = run["flops"] / elapsed
     share, top_ops = profile_step(system, batches, device, accumulation, args.profile_top)
-    floor = flops / peak.flops_per_second  # the step's FLOPs at the measured matmul peak
+    floor = run["flops"] / peak.flops_per_second  # the step's FLOPs at the measured matmul peak
+    meter, states = run["meter"], run["states"]
     result = {
         "system": system.name,
         "micro_batch": micro,
@@ -302,7 +322,7 @@ def measure(system, batches, config, micro, args, device, peak) -> dict:
         "optimizer_steps": optimizer_steps,
         "micro_steps": accumulation * args.steps,
         "samples_per_s": micro * accumulation * args.steps / elapsed,
-        "tokens_per_s": tokens / elapsed,
+        "tokens_per_s": run["tokens"] / elapsed,
         # per optimizer step, i.e. summed over the window's micro-batches
         "ms_per_step": {k: 1000 * v / args.steps for k, v in timings.items()},
         "tflops": achieved / 1e12,
@@ -317,11 +337,12 @@ def measure(system, batches, config, micro, args, device, peak) -> dict:
         "optimizer": system.optimizer_name,
         "optimizer_wrapper": system.wrapper,
         "single_rank_allreduce_skipped": getattr(system, "allreduce_skipped", None),
-        "loss": float(loss.detach()),
+        "first_write_gradients": getattr(system, "first_write_gradients", None),
+        "loss": float(run["loss"].detach()),
     }
     result["memory_bytes"] = meter.bytes + sum(states.values())
     if device.type == "cuda":
-        result["cuda_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+        result["cuda_peak_allocated_bytes"] = run["cuda_peak"]
         result["memory_bytes"] = result["cuda_peak_allocated_bytes"]
     return result
 
@@ -383,14 +404,15 @@ def environment(device, precision, peak) -> dict:
 
 
 def print_table(results):
-    header = (f"{'system':<16}{'micro':>6}{'accum':>6}{'samples/s':>11}{'tokens/s':>10}{'data ms':>9}{'fwd ms':>9}"
+    width = max(16, *(len(r["system"]) + 1 for r in results))
+    header = (f"{'system':<{width}}{'micro':>6}{'accum':>6}{'samples/s':>11}{'tokens/s':>10}{'data ms':>9}{'fwd ms':>9}"
               f"{'bwd ms':>9}{'step ms':>9}{'total ms':>9}{'floor ms':>9}{'no-mm %':>8}{'TFLOP/s':>9}{'MFU':>7}"
               f"{'act MiB':>9}{'states MiB':>11}{'mem MiB':>9}")
     print(header)
     print("-" * len(header))
     for r in results:
         ms = r["ms_per_step"]
-        print(f"{r['system']:<16}{r['micro_batch']:>6}{r['gradient_accumulation']:>6}{r['samples_per_s']:>11.2f}{r['tokens_per_s']:>10.0f}"
+        print(f"{r['system']:<{width}}{r['micro_batch']:>6}{r['gradient_accumulation']:>6}{r['samples_per_s']:>11.2f}{r['tokens_per_s']:>10.0f}"
               f"{ms['data']:>9.1f}{ms['forward']:>9.1f}{ms['backward']:>9.1f}{ms['step']:>9.1f}"
               f"{sum(ms.values()):>9.1f}{r['matmul_floor_ms_per_step']:>9.1f}{100 * r['outside_matmul_share']:>7.0f}%"
               f"{r['tflops']:>9.3f}{100 * r['mfu']:>6.1f}%{r['activation_bytes'] / MIB:>9.1f}"
@@ -398,11 +420,10 @@ def print_table(results):
 
 
 def ratios(results) -> list[dict]:
-    ours = {r["micro_batch"]: r for r in results if r["system"] == Ours.name}
-    plain = {r["micro_batch"]: r for r in results if r["system"] == OURS_PLAIN}
     base = {r["micro_batch"]: r for r in results if r["system"] == BASELINE}
     rows = []
-    for system, mine in ((Ours.name, ours), (OURS_PLAIN, plain)):
+    for system in (Ours.name, AS_SHIPPED, OURS_PLAIN):
+        mine = {r["micro_batch"]: r for r in results if r["system"] == system}
         for micro in sorted(set(mine) & set(base)):
             rows.append({
                 "system": system,
@@ -502,6 +523,13 @@ def parse_args(argv=None):
     p.add_argument("--without-engine", action="store_true",
                    help=f"also time our model and optimizer in a plain loop ({OURS_PLAIN}), to "
                         "separate the model's and the engine's share")
+    p.add_argument("--engine-as-shipped", action="store_true",
+                   help=f"also time the engine with BF16_Optimizer's gradient bookkeeping as DeepSpeed ships it "
+                        f"({AS_SHIPPED}: the fp32 gradients zeroed each step and added to), against the "
+                        "first-write gradients every run uses (interbert/training/hp_grads.py)")
+    p.add_argument("--interleave", action="store_true",
+                   help="keep every system of a micro-batch in memory and time their windows in turn (one "
+                        "each, round after round), so that the machine's drift weighs on all alike; CPU only")
     p.add_argument("--data", help="a feature store: time real batches through the data path")
     p.add_argument("--captions", help="caption manifest for --data")
     p.add_argument("--vocab", help="WordPiece vocab for --data (default: the bundled test vocab)")
@@ -552,6 +580,10 @@ def main(argv=None) -> int:
     device = init_process_group(placement, job_device(placement)).device
     if not args.ds_config:
         args.ds_config = str(GPU_CONFIG if device.type == "cuda" else CPU_CONFIG)
+    if args.interleave and device.type == "cuda":
+        print("--interleave keeps every system in GPU memory at once, which its peak-memory figures would count: "
+              "leave it out on CUDA", file=sys.stderr)
+        return 2
     torch.manual_seed(args.seed)
     config = InterBertConfig.from_json_file(args.config) if args.config else InterBertConfig.from_preset(args.preset)
     results = []
@@ -571,14 +603,24 @@ def main(argv=None) -> int:
             print(f"gradient accumulation: {args.grad_accum} micro-batch(es) per optimizer step for "
                   f"every system (one optimizer step per window); {torch.get_num_threads()} threads")
             print(f"peak: {peak.source}")
-        results.append(measure(ours, batch_source(args, config, micro), config, micro, args, device, peak))
-        del ours
-        gc.collect()
         others = []
         if args.baseline == BASELINE:
             others.append(lambda name=precision.name: hf_eager(config, name, device, args.grad_accum))
+        if args.engine_as_shipped:
+            others.append(lambda name=precision.name, micro=micro: Ours(config, args.ds_config, micro, name, device,
+                                                                        args.grad_accum, args.single_rank_allreduce,
+                                                                        first_write=False))
         if args.without_engine:
             others.append(lambda name=precision.name: ours_plain(config, args.ds_config, name, device, args.grad_accum))
+        if args.interleave:  # every system alive at once, their timed windows in turn
+            systems = [(system, batch_source(args, config, micro)) for system in [ours, *(b() for b in others)]]
+            results.extend(measure_together(systems, config, micro, args, device, peak))
+            del systems, ours
+            gc.collect()
+            continue
+        results.append(measure(ours, batch_source(args, config, micro), config, micro, args, device, peak))
+        del ours
+        gc.collect()
         for build in others:
             system = build()
             results.append(measure(system, batch_source(args, config, micro), config, micro, args, device, peak))
@@ -619,7 +661,7 @@ def main(argv=None) -> int:
         "shape": {"text_tokens": args.text_tokens, "regions": args.regions, "data": args.data},
         "schedule": {"gradient_accumulation": args.grad_accum, "warmup_windows": args.warmup,
                      "timed_optimizer_steps": args.steps, "threads": torch.get_num_threads(),
-                     "single_rank_allreduce": args.single_rank_allreduce,
+                     "single_rank_allreduce": args.single_rank_allreduce, "interleaved": args.interleave,
                      "ds_config": str(args.ds_config)},
         "flops_per_sample_paper_base": {
             "layers": sample_flops(InterBertConfig.from_preset("paper-base"), args.text_tokens, args.regions).layers,

@@ -1,4 +1,5 @@
-"""throughput.py's gradient accumulation, thread count and single-rank all-reduce switch."""
+"""throughput.py's gradient accumulation, thread count, single-rank all-reduce switch, the engine as
+DeepSpeed ships it beside ours, and interleaved timing."""
 import json
 import os
 import subprocess
@@ -27,7 +28,7 @@ def accumulated(tmp_path_factory):
     command = [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--preset", "tiny",
                "--micro-batches", "2", "--warmup", "1", "--steps", "2", "--regions", "12",
                "--text-tokens", "10", "--grad-accum", "3", "--threads", "1", "--without-engine",
-               "--ds-config", str(BENCHMARK_CONFIG), "--json", str(out)]
+               "--engine-as-shipped", "--interleave", "--ds-config", str(BENCHMARK_CONFIG), "--json", str(out)]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO,
                               env=_clean_env())
     assert finished.returncode == 0, finished.stderr[-3000:]
@@ -36,7 +37,8 @@ def accumulated(tmp_path_factory):
 
 def test_every_system_steps_its_optimizer_once_per_window(accumulated):
     data, stdout = accumulated
-    assert {r["system"] for r in data["results"]} == {"interbert-ds", "hf-eager", "interbert-plain"}
+    assert [r["system"] for r in data["results"]] == ["interbert-ds", "hf-eager", "interbert-ds-as-shipped",
+                                                      "interbert-plain"]
     for row in data["results"]:
         assert row["gradient_accumulation"] == 3
         assert row["micro_steps"] == 6 and row["optimizer_steps"] == 2
@@ -44,9 +46,19 @@ def test_every_system_steps_its_optimizer_once_per_window(accumulated):
         elapsed = sum(row["ms_per_step"].values()) * 2 / 1000
         assert row["samples_per_s"] == pytest.approx(2 * 3 * 2 / elapsed, rel=1e-6)
     assert data["schedule"]["gradient_accumulation"] == 3
-    assert data["schedule"]["threads"] == 1
+    assert data["schedule"]["threads"] == 1 and data["schedule"]["interleaved"] is True
     assert "3 micro-batch(es) per optimizer step for every system" in stdout
     assert "interbert-ds / hf-eager at micro-batch 2 × accumulation 3" in stdout
+    assert "interbert-ds-as-shipped / hf-eager at micro-batch 2 × accumulation 3" in stdout
+
+
+def test_the_engine_as_shipped_differs_only_in_its_gradient_bookkeeping(accumulated):
+    data, _ = accumulated
+    rows = {r["system"]: r for r in data["results"]}
+    assert rows["interbert-ds"]["first_write_gradients"] is True
+    assert rows["interbert-ds-as-shipped"]["first_write_gradients"] is False
+    for name in ("interbert-ds", "interbert-ds-as-shipped"):
+        assert rows[name]["optimizer_wrapper"] == "BF16_Optimizer" and rows[name]["single_rank_allreduce_skipped"]
 
 
 def test_the_benchmark_config_runs_bf16_optimizer_without_the_single_rank_allreduce(accumulated):
@@ -57,7 +69,7 @@ def test_the_benchmark_config_runs_bf16_optimizer_without_the_single_rank_allred
     assert data["schedule"]["single_rank_allreduce"] == "skip"
     assert "all-reduce on this world of one: skipped" in stdout
     for row in data["results"]:
-        if row["system"] != "interbert-ds":
+        if not row["system"].startswith("interbert-ds"):
             assert row["optimizer_wrapper"] is None and row["single_rank_allreduce_skipped"] is None
 
 
@@ -147,3 +159,30 @@ def test_skipping_the_single_rank_allreduce_leaves_training_bit_identical(tmp_pa
                               capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert "identical" in finished.stdout and "zero kept" in finished.stdout
+
+
+def test_interleaved_systems_take_their_timed_windows_in_turn():
+    import argparse
+
+    from throughput import measure_together, ours_plain, synthetic_batch
+
+    from interbert.config import InterBertConfig
+    from interbert.training.peaks import Peak
+
+    config = InterBertConfig.from_preset("tiny")
+    device = torch.device("cpu")
+    order = []
+    systems = []
+    for name in ("a", "b"):
+        system = ours_plain(config, BENCHMARK_CONFIG, "fp32", device)
+        system.name = name
+        forward = system.forward
+        system.forward = lambda batch, name=name, forward=forward: order.append(name) or forward(batch)
+        batch = synthetic_batch(config, 2, 10, 12, 0)
+        systems.append((system, iter(lambda batch=batch: batch, None)))
+    args = argparse.Namespace(grad_accum=1, warmup=1, steps=3, profile_top=0)
+    results = measure_together(systems, config, 2, args, device, Peak(1e12, "assumed"))
+    # warm-up and metered windows per system, then the timed windows in turn, then one profiled each
+    assert order == ["a", "a", "b", "b", "a", "b", "a", "b", "a", "b", "a", "b"]
+    assert [r["system"] for r in results] == ["a", "b"]
+    assert all(r["optimizer_steps"] == 3 and r["samples_per_s"] > 0 for r in results)
