@@ -626,8 +626,14 @@ def main(argv=None) -> int:
             results.append(measure(system, batch_source(args, config, micro), config, micro, args, device, peak))
             del system
             gc.collect()
+    # a CPU's speed can drift during a run (other work on the host): the peak again at the end, and said
+    end_peak = None if device.type == "cuda" else measured_matmul_peak(device, precision.dtype, size=2048)
     print()
     print_table(results)
+    if end_peak is not None:
+        drift = end_peak.flops_per_second / peak.flops_per_second
+        changed = "; the machine changed speed during the run: compare ratios" if abs(drift - 1) > 0.2 else ""
+        print(f"matmul peak at the end of the run: {end_peak.source} (×{drift:.2f} the one at the start{changed})")
     print(f"(ms are per optimizer step: summed over its {args.grad_accum} micro-batch(es); floor: the step's "
           "FLOPs at this run's matmul peak; no-mm: the share of a profiled step outside matmul-family ops; "
           "activations are one micro-batch's)")
@@ -655,7 +661,8 @@ def main(argv=None) -> int:
     print_plan(v100, args.config or args.preset)
 
     report = {
-        "environment": {**environment(device, precision, peak), "optimizer": best["optimizer"]},
+        "environment": {**environment(device, precision, peak), "optimizer": best["optimizer"],
+                        "peak_flops_at_end": end_peak.flops_per_second if end_peak else None},
         "model": {"preset": None if args.config else args.preset, "config": args.config,
                   "parameters": count_parameters(InterBertForPretraining(config))},
         "shape": {"text_tokens": args.text_tokens, "regions": args.regions, "data": args.data},

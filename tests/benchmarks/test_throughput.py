@@ -105,6 +105,8 @@ def test_the_environment_names_precision_ops_and_peak(report):
     assert environment["precision"] == "bf16"  # --precision auto on a CPU with the fp16 V100 config
     assert "torch.optim.AdamW" in environment["optimizer"] or "Fused" in environment["optimizer"]
     assert environment["peak_flops"] > 0 and "matmul" in environment["peak_source"]
+    assert environment["peak_flops_at_end"] > 0  # measured again after the systems: a drift is seen
+    assert "matmul peak at the end of the run: cpu" in report[1]
     for key in ("torch", "deepspeed", "transformers", "device", "layer_norm"):
         assert environment[key]
 
