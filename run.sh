@@ -55,7 +55,8 @@ install() {
 
 build_ops() {
     # DeepSpeed's compiled ops that CPU runs use, built now so that no run compiles (or waits on a
-    # build lock a killed start left behind). With the PATH the runs have: another ninja rebuilds.
+    # build lock a killed start left behind). Every start loads them with this environment's ninja
+    # (interbert/training/extensions.py's use_environment_ninja): another version would rebuild them.
     DS_ACCELERATOR=${DS_ACCELERATOR:-cpu} "$PY" -m interbert.training.extensions
     # With a GPU, DeepSpeed's CUDA ops too (where nvcc can build them; the module says what it did).
     if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then

@@ -575,7 +575,9 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from interbert.training.distributed import discover_job, init_process_group, job_device
+    from interbert.training.extensions import use_environment_ninja
 
+    use_environment_ninja()  # DeepSpeed's ops load with the ninja that built them
     placement = discover_job(args.local_rank)
     device = init_process_group(placement, job_device(placement)).device
     if not args.ds_config:

@@ -8,6 +8,10 @@ exists. A start interrupted mid-build leaves the file behind, and every later st
 - `./run.sh setup` runs `python -m interbert.training.extensions`, which builds the ops a CPU run
   needs, so no run compiles; on a CUDA node it builds DeepSpeed's FusedAdam where nvcc of torch's
   CUDA version is there, and otherwise says why not (runs then use torch's fused AdamW);
+- `use_environment_ninja` (at every start, and before the set-up's builds) puts this environment's
+  `bin` first on PATH when another `ninja` would be found first: torch runs `ninja` for every op it
+  loads (a no-op when the op is current), and a ninja of another version takes the build log as
+  foreign and compiles every op again (half a minute on a CPU), while none on PATH fails the start;
 - `check_build_locks` (at every start, before the process group) judges each lock until it is gone
   or a live process on this machine holds it (the process that took it keeps it open; the compiler
   works in its folder), which is then waited for as torch does; one that nothing here holds, old or
@@ -41,6 +45,24 @@ def extensions_root() -> Path:
     from torch.utils.cpp_extension import get_default_build_root
 
     return Path(get_default_build_root())
+
+
+def use_environment_ninja(say=print) -> bool:
+    """Put the interpreter's `bin` folder first on PATH when it holds a `ninja` that PATH would not
+    find first (a system ninja, or none), so that every start loads DeepSpeed's ops with the ninja
+    that built them. Returns whether PATH changed (and says so)."""
+    import shutil
+
+    ours = Path(sys.executable).parent / "ninja"  # the environment's bin: not the interpreter's real path
+    if not (ours.is_file() and os.access(ours, os.X_OK)):
+        return False
+    found = shutil.which("ninja")
+    if found and Path(found).resolve() == ours.resolve():
+        return False
+    os.environ["PATH"] = os.pathsep.join([str(ours.parent), *filter(None, [os.environ.get("PATH")])])
+    say(f"ninja: {found or 'none'} came first on PATH; DeepSpeed's ops load with this environment's {ours}, "
+        "the one ./run.sh setup built them with")
+    return True
 
 
 def lock_wait_seconds() -> float:
@@ -197,6 +219,7 @@ def main() -> int:
     def say(message: str) -> None:
         print(f"[build-ops] {message}", flush=True)
 
+    use_environment_ninja(say)
     check_build_locks(say)
     accelerator = get_accelerator().device_name()
     if accelerator == "cuda":

@@ -39,7 +39,7 @@ from interbert.training.checkpoint_folder import check_latest, tag_for
 from interbert.training.console import install_console
 from interbert.training.distributed import discover_job, init_process_group, job_device, skip_single_rank_allreduce
 from interbert.training.ds_config import scheduler_total_steps
-from interbert.training.extensions import check_build_locks
+from interbert.training.extensions import check_build_locks, use_environment_ninja
 from interbert.training.guard import GuardSettings
 from interbert.training.hosts import check_launch_host
 from interbert.training.hp_grads import write_first_gradients
@@ -205,6 +205,7 @@ def start(job: Job, checks: Sequence[Callable[[], None]] = ()):
     if job.placement.launcher != "single process":
         install_console(job.run.output_dir, job.placement.rank)  # prints survive a closed ssh session
 
+    use_environment_ninja(job.say)  # the ops load with the ninja that built them
     check_build_locks(job.say)  # the process group's start may compile an op: never wait on a dead build
     timeout = job.run.rank_timeout + 60 if job.run.rank_timeout else None  # the watchdog speaks first
     env = init_process_group(job.placement, job.device, timeout)

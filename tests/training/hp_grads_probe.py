@@ -1,7 +1,8 @@
 """Train a small module in the real DeepSpeed engine (ds_configs/benchmark_cpu_bf16.json: bf16,
 ZeRO-1, BF16_Optimizer, clipping) twice from the same seed: with BF16_Optimizer as DeepSpeed ships it
 and with `write_first_gradients`, then print one JSON line per rank: whether the switch applied, and
-the parameters, fp32 master weights and fp32 gradients that differ between the two runs.
+the parameters, fp32 master weights and fp32 gradients that differ between the two runs (written to
+FOLDER/rank<N>.json when a folder is given: the ranks' printed lines can interleave).
 
 One branch of the module gets gradients only in some micro-batches, and only on rank 0: a stale
 gradient left in the buffer (or one reduced from another rank) changes the weights. Run it with
@@ -85,8 +86,12 @@ def main() -> int:
     _, shipped = train(False, rank, world)
     differ = sorted(name for name, value in first.items() if not torch.equal(value, shipped[name]))
     right = {window: float(first[f"grad.{window}.right.weight"].abs().sum()) for window in range(WINDOWS)}
-    print(json.dumps({"rank": rank, "world": world, "applied": applied, "differ": differ, "compared": len(first),
-                      "moved": int(first["moved"]), "right_grad": right}), flush=True)
+    report = json.dumps({"rank": rank, "world": world, "applied": applied, "differ": differ, "compared": len(first),
+                         "moved": int(first["moved"]), "right_grad": right})
+    folder = next((arg for arg in sys.argv[1:] if not arg.startswith("--")), None)  # the launcher adds --local_rank
+    if folder:
+        (Path(folder) / f"rank{rank}.json").write_text(report)
+    print(report, flush=True)
     return 0
 
 

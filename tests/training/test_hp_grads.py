@@ -7,14 +7,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.helpers.training_runs import REPO, explain, launch_deepspeed, subprocess_env
 
 PROBE = "tests/training/hp_grads_probe.py"
 
 
-def _reports(stdout: str) -> list[dict]:
-    return sorted((json.loads(line) for line in stdout.splitlines() if line.startswith('{"rank"')),
+def _reports(folder: Path) -> list[dict]:
+    return sorted((json.loads(path.read_text()) for path in folder.glob("rank*.json")),
                   key=lambda report: report["rank"])
 
 
@@ -26,19 +27,19 @@ def _check(report: dict, world: int) -> None:
     assert report["right_grad"]["1"] == 0.0 and report["right_grad"]["0"] > 0 and report["right_grad"]["3"] > 0
 
 
-def test_one_rank_trains_bit_identically():
-    result = subprocess.run([sys.executable, PROBE], cwd=REPO, env=subprocess_env(), capture_output=True,
-                            text=True, timeout=300)
+def test_one_rank_trains_bit_identically(tmp_path):
+    result = subprocess.run([sys.executable, PROBE, str(tmp_path)], cwd=REPO, env=subprocess_env(),
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, explain(result)
-    (report,) = _reports(result.stdout)
+    (report,) = _reports(tmp_path)
     _check(report, 1)
 
 
-def test_two_ranks_reduce_and_train_bit_identically():
+def test_two_ranks_reduce_and_train_bit_identically(tmp_path):
     """Rank 1 never uses the branch: its reduced gradient is rank 0's halved, the same on both ranks."""
-    result = launch_deepspeed([PROBE], timeout=300)
+    result = launch_deepspeed([PROBE, str(tmp_path)], timeout=300)
     assert result.returncode == 0, explain(result)
-    reports = _reports(result.stdout)
+    reports = _reports(tmp_path)
     assert [report["rank"] for report in reports] == [0, 1], explain(result)
     for report in reports:
         _check(report, 2)
