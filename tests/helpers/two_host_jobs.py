@@ -29,12 +29,20 @@ def start(hosts, tmp_path: Path, corpus: Path, output: Path, *extra: str, launch
     config = write_ds_config(tmp_path / "ds.json", micro=4)
     runner = ["--launcher", "openmpi", "--launcher_args=--allow-run-as-root --mca btl_tcp_if_include lo"] \
         if launcher == "openmpi" else []
-    command = [str(BIN / "deepspeed"), "--hostfile", str(hostfile or hosts.hostfile()), *runner,
-               "--master_addr", MASTER, "--master_port", str(port), *pretrain_args(corpus, config, output, *extra)]
+    # DeepSpeed's pdsh runner, stopped by SIGTERM, runs `pkill -f "<its python> -u -m deepspeed.launcher.launch"`
+    # on every host: every DeepSpeed job of that interpreter there, another test's too. The runner runs
+    # under a name of the environment's python that is this job's alone (the environment is the same).
+    python = BIN / f"python-job-{port}"
+    python.unlink(missing_ok=True)
+    python.symlink_to("python3")
+    command = [str(python), "-m", "deepspeed.launcher.runner", "--hostfile", str(hostfile or hosts.hostfile()),
+               *runner, "--master_addr", MASTER, "--master_port", str(port),
+               *pretrain_args(corpus, config, output, *extra)]
     log = open(tmp_path / log_name, "w")
     process = subprocess.Popen(command, cwd=REPO, env=job_env(hosts, tmp_path, port), stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
     process.log_path = tmp_path / log_name  # type: ignore[attr-defined]
+    process.python_link = python  # type: ignore[attr-defined]
     log.close()
     return process
 
@@ -99,6 +107,9 @@ def wait_for_steps(process, output: Path, count: int, seconds: float = 180) -> N
 def end_job(process, output: Path) -> None:
     """Nothing of the job left on either host (a test's clean-up, whatever happened)."""
     kill_job(process, processes(output))
+    link = getattr(process, "python_link", None)
+    if link is not None:
+        link.unlink(missing_ok=True)
 
 
 def rank_output(output: Path, job_log: str) -> str:
