@@ -1,6 +1,8 @@
 """`interbert launch DEEPSPEED_ARGS...`: DeepSpeed's launcher, after the checks its runner does not
 make or makes with a traceback. The arguments are the `deepspeed` command's, unchanged; once
-every check passes, `deepspeed` is run with them (this process becomes it).
+every check passes, DeepSpeed's runner runs with them in this process, its pdsh runner's kill
+command (run on every host when the job is stopped) narrowed to this job's launchers
+(`pdsh_kill.py`: as shipped it stops every DeepSpeed job of this Python on the job's hosts).
 
 Checks, each failing with one line that names the host and what to do (exit status 2):
 - the hostfile exists and parses;
@@ -131,5 +133,10 @@ def preflight(argv: list[str]) -> list[str]:
 
 def run(args) -> int:
     argv = preflight(list(args.extra))
-    os.execvp("deepspeed", ["deepspeed", *argv])
-    return 0  # not reached
+    from deepspeed.launcher import runner
+
+    from interbert.cluster.pdsh_kill import scope_pdsh_kill
+
+    scope_pdsh_kill()
+    runner.main(argv)  # exits with the job's status when it is not 0
+    return 0

@@ -23,8 +23,9 @@ def job_env(hosts, tmp_path: Path, port: int) -> dict:
 
 
 def start(hosts, tmp_path: Path, corpus: Path, output: Path, *extra: str, launcher: str = "pdsh",
-          hostfile: Path | None = None, log_name: str = "job.log") -> subprocess.Popen:
-    """`deepspeed --hostfile HOSTS --master_addr 127.0.0.1 interbert/pretrain.py ...` in a session of its own."""
+          hostfile: Path | None = None, log_name: str = "job.log", entry: str = "deepspeed") -> subprocess.Popen:
+    """`deepspeed --hostfile HOSTS --master_addr 127.0.0.1 interbert/pretrain.py ...` in a session of its own
+    (entry "interbert": the same arguments to `interbert launch`, under the environment's own python)."""
     port = free_port()
     config = write_ds_config(tmp_path / "ds.json", micro=4)
     runner = ["--launcher", "openmpi", "--launcher_args=--allow-run-as-root --mca btl_tcp_if_include lo"] \
@@ -32,12 +33,16 @@ def start(hosts, tmp_path: Path, corpus: Path, output: Path, *extra: str, launch
     # DeepSpeed's pdsh runner, stopped by SIGTERM, runs `pkill -f "<its python> -u -m deepspeed.launcher.launch"`
     # on every host: every DeepSpeed job of that interpreter there, another test's too. The runner runs
     # under a name of the environment's python that is this job's alone (the environment is the same).
-    python = BIN / f"python-job-{port}"
-    python.unlink(missing_ok=True)
-    python.symlink_to("python3")
-    command = [str(python), "-m", "deepspeed.launcher.runner", "--hostfile", str(hostfile or hosts.hostfile()),
-               *runner, "--master_addr", MASTER, "--master_port", str(port),
-               *pretrain_args(corpus, config, output, *extra)]
+    arguments = ["--hostfile", str(hostfile or hosts.hostfile()), *runner, "--master_addr", MASTER,
+                 "--master_port", str(port), *pretrain_args(corpus, config, output, *extra)]
+    python = None
+    if entry == "interbert":  # its runner narrows that kill command to this job (interbert/cluster/pdsh_kill.py)
+        command = [str(BIN / "interbert"), "launch", *arguments]
+    else:
+        python = BIN / f"python-job-{port}"
+        python.unlink(missing_ok=True)
+        python.symlink_to("python3")
+        command = [str(python), "-m", "deepspeed.launcher.runner", *arguments]
     log = open(tmp_path / log_name, "w")
     process = subprocess.Popen(command, cwd=REPO, env=job_env(hosts, tmp_path, port), stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)

@@ -17,7 +17,7 @@ import torch
 from interbert.modeling import InterBertForPretraining
 from tests.helpers.ds_config import write_ds_config
 from tests.helpers.train_log import read_train_log
-from tests.helpers.training_runs import REPO, explain, launch_deepspeed, pretrain_args, subprocess_env
+from tests.helpers.training_runs import BIN, REPO, explain, launch_deepspeed, pretrain_args, subprocess_env
 from tests.helpers.two_host_jobs import (
     end_job,
     launcher_pid,
@@ -62,7 +62,7 @@ def test_two_hosts_train_checkpoint_and_export(reference):
 
 
 def _sigterm(target: str, process, output) -> None:
-    if target == "deepspeed":
+    if target in ("deepspeed", "interbert launch"):
         os.kill(process.pid, signal.SIGTERM)  # what a scheduler sends the job's command at preemption
     elif target == "pdsh":
         pdsh = [pid for pid, words in _all_processes().items() if words[:2] == ["pdsh", "-S"] and str(output) in words]
@@ -82,18 +82,37 @@ def _all_processes() -> dict[int, list[str]]:
     return found
 
 
-@pytest.mark.parametrize("target", ["deepspeed", "pdsh", "one host's launcher"])
+def _bystander() -> subprocess.Popen:
+    """A process whose command line is what DeepSpeed's pdsh runner, stopped, pkills on every host of its
+    job ('<python> -u -m deepspeed.launcher.launch'), as another job's launcher on those hosts would be."""
+    pattern = f"{BIN / 'python'} -u -m deepspeed.launcher.launch"
+    process = subprocess.Popen(["bash", "-c", f'exec -a "{pattern} --bystander" sleep 600'], start_new_session=True)
+    matched = lambda: str(process.pid) in subprocess.run(  # noqa: E731
+        ["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+    wait_for(matched, 10, "the bystander's command line did not match DeepSpeed's kill pattern")
+    return process
+
+
+@pytest.mark.parametrize("target", ["deepspeed", "interbert launch", "pdsh", "one host's launcher"])
 def test_preemption_saves_once_on_every_host_and_resumes_exactly(two_hosts, corpus, reference, tmp_path, target):
     reference_output, _ = reference
     output = tmp_path / "run"
-    process = start(two_hosts, tmp_path, corpus, output, "--max-steps", "100000", "--save-every", "0",
-                    "--num-workers", "1")
+    bystander = _bystander() if target == "interbert launch" else None
     try:
-        wait_for_steps(process, output, 3)
-        _sigterm(target, process, output)
-        wait_for(lambda: not processes(output), 60, "the ranks on both hosts did not exit")
+        process = start(two_hosts, tmp_path, corpus, output, "--max-steps", "100000", "--save-every", "0",
+                        "--num-workers", "1", entry="interbert" if target == "interbert launch" else "deepspeed")
+        try:
+            wait_for_steps(process, output, 3)
+            _sigterm(target, process, output)
+            wait_for(lambda: not processes(output), 60, "the ranks on both hosts did not exit")
+        finally:
+            end_job(process, output)
+        # `interbert launch` stops this job's launchers only: another DeepSpeed job on its hosts runs on
+        assert bystander is None or bystander.poll() is None, "stopping the job killed another job's launcher"
     finally:
-        end_job(process, output)
+        if bystander is not None:
+            bystander.kill()
+            bystander.wait()
     said = rank_output(output, process.log_path.read_text())
     stops = [line for line in said.splitlines() if "stop requested (" in line]
     assert len(stops) == 1, said[-4000:]
