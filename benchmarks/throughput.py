@@ -38,7 +38,8 @@ from interbert.modeling.flops import batch_flops, sample_flops  # noqa: E402
 from interbert.modeling.layer_norm import layer_norm_implementation  # noqa: E402
 from interbert.modeling.parameters import count_parameters  # noqa: E402
 from interbert.training.distributed import skip_single_rank_allreduce  # noqa: E402
-from interbert.training.hp_grads import write_first_gradients  # noqa: E402
+from interbert.training.fused_step import fuse_optimizer_step  # noqa: E402
+from interbert.training.hp_grads import agree_on_gradients, write_first_gradients  # noqa: E402
 from interbert.training.optimizer import (  # noqa: E402
     adapt_to_device,
     describe_optimizer,
@@ -114,7 +115,7 @@ class Ours:
     name = "interbert-ds"
 
     def __init__(self, config, ds_config_path, micro, precision, device, accumulation=1,
-                 single_rank_allreduce="skip", first_write=True):
+                 single_rank_allreduce="skip", first_write=True, fused_step=True):
         import deepspeed
 
         ds_config = json.loads(Path(ds_config_path).read_text())
@@ -133,8 +134,12 @@ class Ours:
         self.wrapper = type(self.engine.optimizer).__name__
         self.allreduce_skipped = single_rank_allreduce == "skip" and skip_single_rank_allreduce(self.engine)
         self.first_write_gradients = first_write and write_first_gradients(self.engine)
+        self.fused_step, self.step_note = fuse_optimizer_step(self.engine) if fused_step else (False, "")
+        agree_on_gradients(self.engine)  # as every run: one gradient norm on every data-parallel rank
         if not first_write:
             self.name = AS_SHIPPED
+        elif not fused_step:
+            self.name = DEEPSPEED_STEP
 
     def forward(self, batch):
         return self.engine(**batch).loss
@@ -199,7 +204,8 @@ class PlainTorch:
 
 BASELINE = "hf-eager"
 OURS_PLAIN = "interbert-plain"
-AS_SHIPPED = "interbert-ds-as-shipped"  # the engine with BF16_Optimizer's gradient bookkeeping as DeepSpeed ships it
+AS_SHIPPED = "interbert-ds-as-shipped"  # the engine with BF16_Optimizer as DeepSpeed ships it
+DEEPSPEED_STEP = "interbert-ds-deepspeed-step"  # first-write gradients, DeepSpeed's optimizer step
 
 
 def hf_eager(config, precision_name, device, accumulation=1) -> PlainTorch:
@@ -338,6 +344,7 @@ def _result(system, batches, run, micro, args, device, peak) -> dict:
         "optimizer_wrapper": system.wrapper,
         "single_rank_allreduce_skipped": getattr(system, "allreduce_skipped", None),
         "first_write_gradients": getattr(system, "first_write_gradients", None),
+        "fused_optimizer_step": getattr(system, "fused_step", None),
         "loss": float(run["loss"].detach()),
     }
     result["memory_bytes"] = meter.bytes + sum(states.values())
@@ -422,7 +429,7 @@ def print_table(results):
 def ratios(results) -> list[dict]:
     base = {r["micro_batch"]: r for r in results if r["system"] == BASELINE}
     rows = []
-    for system in (Ours.name, AS_SHIPPED, OURS_PLAIN):
+    for system in (Ours.name, DEEPSPEED_STEP, AS_SHIPPED, OURS_PLAIN):
         mine = {r["micro_batch"]: r for r in results if r["system"] == system}
         for micro in sorted(set(mine) & set(base)):
             rows.append({
@@ -524,9 +531,13 @@ def parse_args(argv=None):
                    help=f"also time our model and optimizer in a plain loop ({OURS_PLAIN}), to "
                         "separate the model's and the engine's share")
     p.add_argument("--engine-as-shipped", action="store_true",
-                   help=f"also time the engine with BF16_Optimizer's gradient bookkeeping as DeepSpeed ships it "
-                        f"({AS_SHIPPED}: the fp32 gradients zeroed each step and added to), against the "
-                        "first-write gradients every run uses (interbert/training/hp_grads.py)")
+                   help=f"also time the engine with BF16_Optimizer as DeepSpeed ships it ({AS_SHIPPED}: the "
+                        "fp32 gradients zeroed each step and added to, and DeepSpeed's optimizer step), against "
+                        "the first-write gradients (interbert/training/hp_grads.py) and one-pass step every run uses")
+    p.add_argument("--engine-deepspeed-step", action="store_true",
+                   help=f"also time the engine with first-write gradients and DeepSpeed's own optimizer step "
+                        f"({DEEPSPEED_STEP}), against the one-pass step every CPU run uses "
+                        "(interbert/training/fused_step.py)")
     p.add_argument("--interleave", action="store_true",
                    help="keep every system of a micro-batch in memory and time their windows in turn (one "
                         "each, round after round), so that the machine's drift weighs on all alike; CPU only")
@@ -600,6 +611,7 @@ def main(argv=None) -> int:
             print(f"precision: {precision.name} ({precision.reason})")
             print(f"optimizer: {ours.optimizer_name} in DeepSpeed's {ours.wrapper} "
                   f"({Path(args.ds_config).name}); LayerNorm: {layer_norm_implementation(device)}")
+            print(ours.step_note)
             print("post-backward all-reduce on this world of one: "
                   f"{'skipped' if ours.allreduce_skipped else 'kept'} (--single-rank-allreduce)")
             print(f"gradient accumulation: {args.grad_accum} micro-batch(es) per optimizer step for "
@@ -611,7 +623,11 @@ def main(argv=None) -> int:
         if args.engine_as_shipped:
             others.append(lambda name=precision.name, micro=micro: Ours(config, args.ds_config, micro, name, device,
                                                                         args.grad_accum, args.single_rank_allreduce,
-                                                                        first_write=False))
+                                                                        first_write=False, fused_step=False))
+        if args.engine_deepspeed_step:
+            others.append(lambda name=precision.name, micro=micro: Ours(config, args.ds_config, micro, name, device,
+                                                                        args.grad_accum, args.single_rank_allreduce,
+                                                                        fused_step=False))
         if args.without_engine:
             others.append(lambda name=precision.name: ours_plain(config, args.ds_config, name, device, args.grad_accum))
         if args.interleave:  # every system alive at once, their timed windows in turn

@@ -6,7 +6,8 @@ build with a `lock` file in its extensions cache and waits, silently and forever
 exists. A start interrupted mid-build leaves the file behind, and every later start hangs.
 
 - `./run.sh setup` runs `python -m interbert.training.extensions`, which builds the ops a CPU run
-  needs, so no run compiles; on a CUDA node it builds DeepSpeed's FusedAdam where nvcc of torch's
+  needs (and interbert's own CPU AdamW kernel, training/cpu_adamw.py), so no run compiles; on a
+  CUDA node it builds DeepSpeed's FusedAdam where nvcc of torch's
   CUDA version is there, and otherwise says why not (runs then use torch's fused AdamW);
 - `use_environment_ninja` (at every start, and before the set-up's builds) puts this environment's
   `bin` first on PATH when another `ninja` would be found first: torch runs `ninja` for every op it
@@ -187,6 +188,20 @@ def build_cpu_ops(say=print) -> list[str]:
     return built
 
 
+def build_cpu_adamw(say=print) -> bool:
+    """Compile (or find compiled) interbert's one-pass CPU AdamW kernel (training/cpu_adamw.py)."""
+    from interbert.training import cpu_adamw
+
+    started = time.perf_counter()
+    try:
+        library = cpu_adamw.build()
+    except RuntimeError as error:
+        say(f"CPU AdamW kernel: not built ({error}); CPU runs keep DeepSpeed's optimizer step")
+        return False
+    say(f"CPU AdamW kernel: ready ({time.perf_counter() - started:.1f} s, {library})")
+    return True
+
+
 def build_cuda_ops(say=print, toolchain=None, build=None) -> list[str]:
     """Build DeepSpeed's FusedAdam where it can be built here; say what was built, or why not."""
 
@@ -226,6 +241,7 @@ def main() -> int:
         build_cuda_ops(say)
     elif accelerator == "cpu":
         build_cpu_ops(say)
+        build_cpu_adamw(say)
     else:
         say(f"accelerator {accelerator}: its ops build on first use (nothing built here)")
     return 0

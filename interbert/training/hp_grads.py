@@ -1,5 +1,6 @@
-"""The fp32 gradient buffer of DeepSpeed's BF16_Optimizer, written once per window instead of zeroed
-and added to.
+"""The fp32 gradient buffer of DeepSpeed's BF16_Optimizer: written once per window instead of zeroed
+and added to (`write_first_gradients`), and the same gradients in every rank's norm and clipping
+(`agree_on_gradients`).
 
 BF16_Optimizer keeps every parameter's fp32 gradient in one flat buffer. As shipped, each step ends
 by zeroing the whole buffer, and each gradient of the next window is converted into a new fp32
@@ -60,4 +61,42 @@ def write_first_gradients(engine) -> bool:
     optimizer._update_hp_grad = update_hp_grad
     optimizer.clear_hp_grads = clear_hp_grads
     optimizer.backward_epilogue = backward_epilogue
+    return True
+
+
+def agree_on_gradients(engine) -> bool:
+    """Make every data-parallel rank's BF16_Optimizer take the same gradients into the norm and the
+    clipping; False (nothing changed) on one rank or another wrapper.
+
+    BF16_Optimizer (0.19.8) keeps, per rank, which parameters got a gradient in the window, and its step
+    takes the gradient norm, and clips, only over those. But the engine's all-reduce has given every rank
+    the reduced gradient of every parameter that got one on any rank: a parameter only some ranks used
+    (a branch or a head that one rank's batch skipped) is left out of the norm on the others. The ranks
+    then clip with different norms, and a rank that owns such a parameter's partition updates it with an
+    unclipped gradient; a guard reading the norm may stop one rank and not the others. Here the step
+    first takes the union of the ranks' flags (one small all-reduce, MAX, over each group's
+    data-parallel group), so every rank sees one norm and clips every reduced gradient. Where every rank
+    used every parameter, nothing changes."""
+    from deepspeed import comm as dist
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+
+    optimizer = engine.optimizer
+    if not isinstance(optimizer, BF16_Optimizer) or not all(
+            hasattr(optimizer, name) for name in ("fp32_groups_has_gradients", "real_dp_process_group")):
+        return False
+    groups = optimizer.real_dp_process_group
+    if all(dist.get_world_size(group=group) == 1 for group in groups):
+        return False
+    step = optimizer.step
+
+    def agreeing_step(*args, **kwargs):
+        device = get_accelerator().current_device_name()
+        for index, group in enumerate(groups):
+            flags = torch.tensor(optimizer.fp32_groups_has_gradients[index], dtype=torch.int32, device=device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=group)
+            optimizer.fp32_groups_has_gradients[index] = [bool(flag) for flag in flags.tolist()]
+        return step(*args, **kwargs)
+
+    optimizer.step = agreeing_step
     return True

@@ -40,9 +40,10 @@ from interbert.training.console import install_console
 from interbert.training.distributed import discover_job, init_process_group, job_device, skip_single_rank_allreduce
 from interbert.training.ds_config import scheduler_total_steps
 from interbert.training.extensions import check_build_locks, use_environment_ninja
+from interbert.training.fused_step import fuse_optimizer_step
 from interbert.training.guard import GuardSettings
 from interbert.training.hosts import check_launch_host
-from interbert.training.hp_grads import write_first_gradients
+from interbert.training.hp_grads import agree_on_gradients, write_first_gradients
 from interbert.training.monitor import Monitor
 from interbert.training.optimizer import adapt_to_device, describe_optimizer, parameter_groups
 from interbert.training.precision import PRECISIONS, resolve_precision
@@ -277,6 +278,12 @@ def build_engine(job: Job, model):
     if write_first_gradients(engine):
         job.say("gradients: BF16_Optimizer's fp32 buffer is written by each window's first gradient "
                 "(no zeroing and adding per step)")
+    fused, step_note = fuse_optimizer_step(engine)
+    if fused or job.device.type == "cpu":
+        job.say(step_note)
+    if agree_on_gradients(engine):  # after the step is chosen: it wraps whichever step the optimizer has
+        job.say("gradients: every data-parallel rank takes the same gradients into the norm and the clipping "
+                "(the union of the ranks' gradient flags)")
     return engine, optimizer
 
 

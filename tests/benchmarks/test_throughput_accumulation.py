@@ -1,5 +1,5 @@
 """throughput.py's gradient accumulation, thread count, single-rank all-reduce switch, the engine as
-DeepSpeed ships it beside ours, and interleaved timing."""
+DeepSpeed ships it and with DeepSpeed's optimizer step beside ours, and interleaved timing."""
 import json
 import os
 import subprocess
@@ -28,7 +28,8 @@ def accumulated(tmp_path_factory):
     command = [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--preset", "tiny",
                "--micro-batches", "2", "--warmup", "1", "--steps", "2", "--regions", "12",
                "--text-tokens", "10", "--grad-accum", "3", "--threads", "1", "--without-engine",
-               "--engine-as-shipped", "--interleave", "--ds-config", str(BENCHMARK_CONFIG), "--json", str(out)]
+               "--engine-as-shipped", "--engine-deepspeed-step", "--interleave", "--ds-config", str(BENCHMARK_CONFIG),
+               "--json", str(out)]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO,
                               env=_clean_env())
     assert finished.returncode == 0, finished.stderr[-3000:]
@@ -38,7 +39,7 @@ def accumulated(tmp_path_factory):
 def test_every_system_steps_its_optimizer_once_per_window(accumulated):
     data, stdout = accumulated
     assert [r["system"] for r in data["results"]] == ["interbert-ds", "hf-eager", "interbert-ds-as-shipped",
-                                                      "interbert-plain"]
+                                                      "interbert-ds-deepspeed-step", "interbert-plain"]
     for row in data["results"]:
         assert row["gradient_accumulation"] == 3
         assert row["micro_steps"] == 6 and row["optimizer_steps"] == 2
@@ -52,13 +53,16 @@ def test_every_system_steps_its_optimizer_once_per_window(accumulated):
     assert "interbert-ds-as-shipped / hf-eager at micro-batch 2 × accumulation 3" in stdout
 
 
-def test_the_engine_as_shipped_differs_only_in_its_gradient_bookkeeping(accumulated):
-    data, _ = accumulated
+def test_the_engines_differ_only_in_their_gradient_bookkeeping_and_step(accumulated):
+    data, stdout = accumulated
     rows = {r["system"]: r for r in data["results"]}
-    assert rows["interbert-ds"]["first_write_gradients"] is True
-    assert rows["interbert-ds-as-shipped"]["first_write_gradients"] is False
-    for name in ("interbert-ds", "interbert-ds-as-shipped"):
+    flags = {name: (rows[name]["first_write_gradients"], rows[name]["fused_optimizer_step"])
+             for name in ("interbert-ds", "interbert-ds-as-shipped", "interbert-ds-deepspeed-step")}
+    assert flags == {"interbert-ds": (True, True), "interbert-ds-as-shipped": (False, False),
+                     "interbert-ds-deepspeed-step": (True, False)}
+    for name in flags:
         assert rows[name]["optimizer_wrapper"] == "BF16_Optimizer" and rows[name]["single_rank_allreduce_skipped"]
+    assert "optimizer step: clipping, AdamW and the bf16 copy of the weights in one pass" in stdout
 
 
 def test_the_benchmark_config_runs_bf16_optimizer_without_the_single_rank_allreduce(accumulated):
@@ -139,7 +143,8 @@ SKIP_CHECK = textwrap.dedent("""
     # DeepSpeedZeroOptimizer (the paper's config) needs its reduction: the switch leaves it alone
     zero = T.Ours(config, sys.argv[2], 2, "auto", device, accumulation=2, single_rank_allreduce="skip")
     assert zero.wrapper == "DeepSpeedZeroOptimizer" and not zero.allreduce_skipped
-    assert zero.engine.enable_backward_allreduce and not zero.first_write_gradients
+    assert zero.engine.enable_backward_allreduce and not zero.first_write_gradients and not zero.fused_step
+    assert "not BF16_Optimizer" in zero.step_note, zero.step_note
     for index, batch in enumerate(batches):
         zero.backward(zero.forward(batch))
         zero.step(boundary=index % 2 == 1)
