@@ -181,8 +181,9 @@ def train(args, job, model, task, settings) -> int:
     status = startup.run_loop(loop, run.resume)
     if status == 0 and loop.step >= max_steps:
         results = loop.evaluate() if not run.eval_every or loop.step % run.eval_every else None
+        weights = startup.consolidated_weights(engine, job, keep=frozen)  # every rank: gathered from their partitions
         if env.is_main:
-            save_models(engine, job, model, frozen, ema, loop.step, args.vocab)
+            save_models(job, model, weights, ema, args.vocab)
             if results is not None:
                 (run.output_dir / "results.json").write_text(
                     json.dumps({"step": loop.step, **results}, indent=2) + "\n")
@@ -191,11 +192,11 @@ def train(args, job, model, task, settings) -> int:
     return status
 
 
-def save_models(engine, job, model, frozen, ema, step, vocab) -> None:
-    """model/ (raw fp32 weights) and, with EMA, model_ema/ beside it (rank 0)."""
+def save_models(job, model, weights, ema, vocab) -> None:
+    """model/ (raw fp32 weights, consolidated) and, with EMA, model_ema/ beside it (rank 0)."""
 
     final = type(model)(type(model.pretraining)(model.config), model.task)
-    final.load_state_dict(startup.consolidated_weights(engine, job, step, keep=frozen), strict=True)
+    final.load_state_dict(weights, strict=True)
     startup.write_model_directory(final, job.run.output_dir / "model", vocab, job.say)
     if ema is not None:
         with ema.swapped_in(final):

@@ -181,9 +181,10 @@ def train(args, job, model_config) -> int:
     if status == 0 and loop.step >= max_steps:
         if not run.eval_every or loop.step % run.eval_every:
             loop.evaluate()
+        weights = startup.consolidated_weights(engine, job)  # every rank: gathered from their partitions
         if env.is_main:
             final = InterBertForPretraining(model_config)
-            final.load_state_dict(startup.consolidated_weights(engine, job, loop.step), strict=True)
+            final.load_state_dict(weights, strict=True)
             startup.write_model_directory(final, run.output_dir / "model", args.vocab, job.say,
                                           "inference model (load with InterBertForPretraining.from_pretrained)")
         barrier()

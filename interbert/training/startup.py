@@ -6,7 +6,7 @@
 2. `start`: the process group, CPU threads per rank, the first lines of the log;
 3. `build_engine`: DeepSpeed's engine, with the optimizer built by DeepSpeed from the config;
 4. `make_monitor`, `write_run_config`: TensorBoard, train_log.jsonl and run_config.json;
-5. `consolidated_weights`: the final fp32 weights, gathered from the ZeRO partitions.
+5. `consolidated_weights`: the final fp32 weights, gathered from the ranks' optimizer partitions.
 
 Entry points pass typed `RunSettings`, never argparse Namespaces.
 """
@@ -35,7 +35,7 @@ import torch.distributed as torch_dist
 from interbert.data.text.tokenization import VOCAB_NAME
 from interbert.training import ds_config as dsc
 from interbert.training.checkpoint import check_precision, needs_universal
-from interbert.training.checkpoint_folder import check_latest, tag_for
+from interbert.training.checkpoint_folder import check_latest
 from interbert.training.console import install_console
 from interbert.training.distributed import discover_job, init_process_group, job_device, skip_single_rank_allreduce
 from interbert.training.ds_config import scheduler_total_steps
@@ -307,16 +307,22 @@ def run_loop(loop, resume: bool) -> int:
     return loop.train()
 
 
-def consolidated_weights(engine, job: Job, step: int, keep: dict | None = None) -> dict:
-    """The module's fp32 state dict after `step`: the engine's own in fp32, otherwise the fp32
-    master weights of the ZeRO checkpoint of that step, over the module's other entries (`keep`:
-    exact copies of entries no optimizer holds, e.g. frozen parameters). Rank 0 only."""
+def consolidated_weights(engine, job: Job, keep: dict | None = None) -> dict:
+    """The module's fp32 state dict now: the engine's own in fp32, otherwise the optimizer's fp32
+    master weights, gathered from every rank's partition (DeepSpeed's `safe_get_full_fp32_param`, for
+    DeepSpeedZeroOptimizer and BF16_Optimizer alike: DeepSpeed's reader of ZeRO checkpoint files
+    refuses BF16_Optimizer's), over the module's other entries (`keep`: exact copies of entries no
+    optimizer holds, e.g. frozen parameters). A collective: every rank calls it, and gets the weights."""
     state = {k: v.float() if v.is_floating_point() else v for k, v in engine.module.state_dict().items()}
     if job.precision.name == "fp32":
         return state
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from deepspeed.utils import safe_get_full_fp32_param
 
-    master = get_fp32_state_dict_from_zero_checkpoint(str(job.run.checkpoint_dir), tag=tag_for(step))
+    master = {}
+    for name, parameter in engine.module.named_parameters(remove_duplicate=False):  # tied names too
+        value = safe_get_full_fp32_param(parameter)
+        if value is not None:
+            master[name] = value.detach().to("cpu", torch.float32).view(parameter.shape)
     return {**state, **(keep or {}), **master}
 
 
