@@ -158,6 +158,8 @@ def adamw_step(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, e
                bias_correction2_sqrt, eps)
     pointers = [(tensor.data_ptr(), tensor.element_size()) for tensor in (param, grad, exp_avg, exp_avg_sq)]
     lp_base = lp.data_ptr() if lp is not None else None
+    if count == 0:  # an empty partition: nothing to update
+        return
 
     def part(start: int, end: int) -> None:
         library.interbert_adamw_step(*[base + start * size for base, size in pointers],

@@ -92,6 +92,12 @@ def test_no_bf16_copy_and_threads_give_the_same_bits():
         assert all(torch.equal(a, b) for a, b in zip(results[0], other))
 
 
+def test_an_empty_partition_is_a_no_op():
+    empty = torch.zeros(0)
+    cpu_adamw.adamw_step(empty, empty, empty, empty, torch.zeros(0, dtype=torch.bfloat16), step=1, lr=1e-3,
+                         beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01)
+
+
 def test_rejects_tensors_it_cannot_update_in_place():
     param = torch.zeros(64)
     with pytest.raises(ValueError, match="exp_avg: expected a contiguous torch.float32 CPU tensor of 64"):
