@@ -4,12 +4,12 @@ As DeepSpeed ships it (0.19.8), `BF16_Optimizer.step` makes three passes over ev
 the gradient norm: the clipping multiplies every fp32 gradient in place, torch's fused AdamW reads
 and writes the gradients, weights and moments, and `update_lp_params` copies the fp32 weights into the
 bf16 ones. `fuse_optimizer_step` replaces the step of an engine's BF16_Optimizer, where its base
-optimizer is torch.optim.AdamW on CPU partitions, by one that keeps DeepSpeed's norm (the same
+optimizer is torch.optim.AdamW(fused=True) on CPU partitions, by one that keeps DeepSpeed's norm (the same
 function, the same gradients, the same overflow handling) and its all-gather of the bf16 partitions,
 and does the rest in one pass per partition (`cpu_adamw.adamw_step`: the clipping coefficient
 multiplies each gradient as it is read). The optimizer state stays torch's (`exp_avg`,
 `exp_avg_sq`, `step` in `optimizer.state`), so checkpoints are unchanged. The results are
-DeepSpeed's bit for bit where torch's kernel is vectorized (tests/training/test_fused_step.py); see
+DeepSpeed's bit for bit where torch's kernel is vectorized (tests/training/test_bf16_step.py); see
 csrc/adamw_step.c for the scalar tail.
 
 Anything else (another wrapper or optimizer, AMSGrad, CUDA partitions, MoE, Muon, gradients kept
