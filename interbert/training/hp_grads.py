@@ -77,6 +77,7 @@ def agree_on_gradients(engine) -> bool:
     first takes the union of the ranks' flags (one small all-reduce, MAX, over each group's
     data-parallel group), so every rank sees one norm and clips every reduced gradient. Where every rank
     used every parameter, nothing changes."""
+    import torch.distributed as torch_dist
     from deepspeed import comm as dist
     from deepspeed.accelerator import get_accelerator
     from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
@@ -88,13 +89,21 @@ def agree_on_gradients(engine) -> bool:
     groups = optimizer.real_dp_process_group
     if all(dist.get_world_size(group=group) == 1 for group in groups):
         return False
+    # The flags are host lists: where every group is the whole world (no model or expert parallelism),
+    # they travel over gloo (the default group, or one made now: every rank builds the engine together),
+    # so a GPU step gains no device-to-host read; otherwise over each group, through the device.
+    on_host = all(dist.get_world_size(group=group) == torch_dist.get_world_size() for group in groups)
+    host_group = None if not on_host or torch_dist.get_backend() == "gloo" else torch_dist.new_group(backend="gloo")
     step = optimizer.step
 
     def agreeing_step(*args, **kwargs):
-        device = get_accelerator().current_device_name()
         for index, group in enumerate(groups):
-            flags = torch.tensor(optimizer.fp32_groups_has_gradients[index], dtype=torch.int32, device=device)
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=group)
+            flags = torch.tensor(optimizer.fp32_groups_has_gradients[index], dtype=torch.int32,
+                                 device="cpu" if on_host else get_accelerator().current_device_name())
+            if on_host:
+                torch_dist.all_reduce(flags, op=torch_dist.ReduceOp.MAX, group=host_group)
+            else:
+                dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=group)
             optimizer.fp32_groups_has_gradients[index] = [bool(flag) for flag in flags.tolist()]
         return step(*args, **kwargs)
 
