@@ -24,6 +24,7 @@ process group: the floor beside the step's figure. Threads per rank are the same
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import shutil
@@ -176,7 +177,14 @@ def run_rank(argv: list[str]) -> int:
         stats.write_text(json.dumps({"status": status, "threads": torch.get_num_threads(), "ranks": reports}))
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()  # a gloo group still live at exit can abort the process
-    return status
+    # Leave without the interpreter's finalisation: on a rank of this worker (pretraining run in-process,
+    # then the gather above) it aborted now and then after everything was written ("terminate called
+    # without an active exception", exit -6, in about 2 of 5 runs on one machine; `interbert/pretrain.py`
+    # run alone did not). The exit handlers (this rank's shared-memory all-reduce buffer) run first.
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 # ---------------------------------------------------------------------------- the launching side
